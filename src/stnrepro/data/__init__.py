@@ -1,0 +1,1 @@
+"""Datasets in the CUB-200-2011 layout: the real one and a procedurally generated stand-in."""

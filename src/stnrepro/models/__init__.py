@@ -1,0 +1,1 @@
+"""Backbones, the spatial transformer and the ST-CNN classifier."""

@@ -1,0 +1,1 @@
+"""Run records and the comparison table built from them."""
