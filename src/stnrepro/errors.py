@@ -12,7 +12,7 @@ class ConfigError(StnreproError):
 
 
 class DataError(StnreproError):
-    """A dataset file or image is missing or malformed (message: ``path:line: ... expected ...``)."""
+    """A dataset file or image is missing or malformed (``path:line: ... expected ...``)."""
 
 
 class WeightsUnavailableError(StnreproError):

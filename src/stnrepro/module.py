@@ -1,0 +1,199 @@
+"""The LightningModule that trains :class:`~stnrepro.models.st_cnn.STCNN` on class labels only.
+
+Logged metrics (the sweep, table and docs rely on these names): ``{stage}/loss``,
+``{stage}/acc``, ``{stage}/acc_top5`` for stage in train/val/test, and for the ST-CNN the
+per-transformer statistics ``{stage}/st{i}/{tx,ty,s}_{mean,std}`` and
+``{stage}/st{i}/outside`` (fraction of the crop outside the image), so that collapse or
+drift shows in the dashboard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from stnrepro.errors import ConfigError
+from stnrepro.models.spatial_transformer import outside_fraction
+from stnrepro.models.st_cnn import STCNN
+
+STAGES = ("train", "val", "test")
+
+
+class ThetaStats(Metric):
+    """Epoch mean and standard deviation of tx, ty, s per transformer (synced across GPUs).
+
+    ``s`` is ``sqrt(|det A|)`` of the linear part, which is the scale for attention thetas.
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_transformers: int) -> None:
+        super().__init__()
+        shape = (num_transformers, 4)  # tx, ty, s, outside-fraction
+        self.add_state("total", torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total_sq", torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, theta: Tensor) -> None:
+        theta = theta.detach().double()
+        scale = torch.linalg.det(theta[..., :2]).abs().sqrt()
+        values = torch.stack(
+            [theta[..., 0, 2], theta[..., 1, 2], scale, outside_fraction(theta)], dim=-1
+        )  # (B, N, 4)
+        self.total += values.sum(0)
+        self.total_sq += (values**2).sum(0)
+        self.count += values.shape[0]
+
+    def compute(self) -> dict[str, Tensor]:
+        mean = self.total / self.count
+        var = (self.total_sq / self.count - mean**2).clamp_min(0)
+        out: dict[str, Tensor] = {}
+        for i in range(mean.shape[0]):
+            for j, name in enumerate(("tx", "ty", "s")):
+                out[f"st{i}/{name}_mean"] = mean[i, j].float()
+                out[f"st{i}/{name}_std"] = var[i, j].sqrt().float()
+            out[f"st{i}/outside"] = mean[i, 3].float()
+        return out
+
+
+class STCNNModule(pl.LightningModule):
+    """Cross-entropy training of the CNN / ST-CNN with a separate localisation learning rate.
+
+    ``optimizer`` and ``scheduler`` are Hydra partials (``_partial_: true``) called with the
+    parameter groups / the optimizer. Groups: ``parts`` (part trunks) at the base rate,
+    ``classifier`` at ``head_lr_mult`` x base, ``localisation`` (trunk + head) at
+    ``loc_lr_mult`` x base.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        backbone: str = "small",
+        pretrained: bool = False,
+        num_transformers: int = 0,
+        image_size: int = 224,
+        crop_size: int = 224,
+        transform: str = "attention",
+        fixed_scale: float | None = 0.5,
+        init_scale: float = 0.5,
+        scale_bounds: tuple[float, float] = (0.25, 1.0),
+        loc_hidden: int = 128,
+        dropout: float = 0.5,
+        loc_lr_mult: float = 1e-4,
+        head_lr_mult: float = 1.0,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        if loc_lr_mult < 0 or head_lr_mult < 0:
+            raise ConfigError(
+                f"model.loc_lr_mult={loc_lr_mult}, model.head_lr_mult={head_lr_mult}: "
+                "expected non-negative multipliers"
+            )
+        self.net = STCNN(
+            num_classes=num_classes,
+            backbone=backbone,
+            pretrained=pretrained,
+            num_transformers=num_transformers,
+            image_size=image_size,
+            crop_size=crop_size,
+            transform=transform,
+            fixed_scale=fixed_scale,
+            init_scale=init_scale,
+            scale_bounds=tuple(scale_bounds),  # type: ignore[arg-type]
+            loc_hidden=loc_hidden,
+            dropout=dropout,
+        )
+        top_k = [1] + ([5] if num_classes > 5 else [])
+        for stage in STAGES:  # attributes train_metrics, val_metrics, test_metrics
+            accuracy = {
+                ("acc" if k == 1 else f"acc_top{k}"): MulticlassAccuracy(
+                    num_classes, top_k=k, average="micro"
+                )
+                for k in top_k
+            }
+            setattr(self, f"{stage}_metrics", MetricCollection(accuracy, prefix=f"{stage}/"))
+            if num_transformers:
+                setattr(self, f"{stage}_theta", ThetaStats(num_transformers))
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.net(image).logits
+
+    def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        out = self.net(batch["image"])
+        loss = F.cross_entropy(
+            out.logits, batch["label"], label_smoothing=self.hparams.label_smoothing
+        )
+        batch_size = batch["label"].shape[0]
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True,
+                 batch_size=batch_size, sync_dist=not on_step)  # fmt: skip
+        metrics: MetricCollection = getattr(self, f"{stage}_metrics")
+        metrics.update(out.logits.detach(), batch["label"])
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        if out.theta is not None:
+            getattr(self, f"{stage}_theta").update(out.theta)
+        return loss
+
+    def _log_theta(self, stage: str) -> None:
+        stats: ThetaStats | None = getattr(self, f"{stage}_theta", None)
+        if stats is not None:
+            if stats.update_called:
+                self.log_dict({f"{stage}/{k}": v for k, v in stats.compute().items()})
+            stats.reset()
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_theta("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_theta("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_theta("test")
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups with learning rates relative to the optimizer's base ``lr``."""
+        base_lr = getattr(self.hparams.optimizer, "keywords", {}).get("lr")
+        if base_lr is None:
+            raise ConfigError("model.optimizer.lr: expected a base learning rate (missing)")
+        loc = list(self.net.localisation_parameters())
+        head = list(self.net.classifier_parameters())
+        taken = {id(p) for p in loc + head}
+        parts = [p for p in self.net.parameters() if id(p) not in taken]
+        groups = [
+            {"name": "parts", "params": parts, "lr": base_lr},
+            {"name": "classifier", "params": head, "lr": base_lr * self.hparams.head_lr_mult},
+        ]
+        if loc:
+            groups.append(
+                {"name": "localisation", "params": loc, "lr": base_lr * self.hparams.loc_lr_mult}
+            )
+        return groups
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.hparams.optimizer(params=self.param_groups())
+        if self.hparams.scheduler is None:
+            return optimizer
+        scheduler = self.hparams.scheduler(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
