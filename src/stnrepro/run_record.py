@@ -1,0 +1,133 @@
+"""The machine-readable record every run leaves: ``metrics.json`` in its output directory.
+
+It is what the table script reads (see ``stnrepro.results.records``). The file is always
+replaced atomically (write a temporary file, then rename), so a reader never sees half a
+record, and it is written at start (status ``running``), at the end (``finished``) and on
+an error (``failed`` with a one-line ``error``): a run killed without warning stays
+``running`` and is counted as unfinished.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+SCHEMA_VERSION = 1
+RECORD_NAME = "metrics.json"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run_name(num_transformers: Any, image_size: Any, seed: Any) -> str:
+    """Readable run name shared by W&B and the record, e.g. ``4xST-448-s1``, ``CNN-224-s0``."""
+    model = "CNN" if num_transformers in (0, None) else f"{num_transformers}xST"
+    return f"{model}-{image_size}-s{seed}"
+
+
+CELL_KEYS: dict[str, tuple[str, type]] = {
+    "dataset": ("data.name", str),
+    "backbone": ("model.backbone", str),
+    "pretrained": ("model.pretrained", bool),
+    "image_size": ("data.image_size", int),
+    "crop_size": ("model.crop_size", int),
+    "num_transformers": ("model.num_transformers", int),
+    "transform": ("model.transform", str),
+    "seed": ("seed", int),
+}
+
+
+def table_cell(cfg: DictConfig) -> dict[str, Any]:
+    """The config values that define a run's table cell (and that must not be mixed).
+
+    Values of the wrong type are kept as given: the record of a run refused for a bad value
+    still says which value it was.
+    """
+    cell = {}
+    for name, (key, kind) in CELL_KEYS.items():
+        value = OmegaConf.select(cfg, key)
+        cell[name] = value if value is None or isinstance(value, kind) else _coerce(kind, value)
+    return cell
+
+
+def _coerce(kind: type, value: Any) -> Any:
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe scalars: tensors to floats, non-finite floats to None."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON so that ``path`` holds either the old or the new content, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunRecord:
+    """Builds and rewrites one run's ``metrics.json``."""
+
+    def __init__(self, output_dir: str | Path, cell: dict[str, Any], epochs: int | None) -> None:
+        self.path = Path(output_dir) / RECORD_NAME
+        self.data: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "status": "running",
+            "error": None,
+            "run_name": run_name(
+                **{k: cell[k] for k in ("num_transformers", "image_size", "seed")}
+            ),
+            "started_at": now_iso(),
+            "finished_at": None,
+            "cell": cell,
+            "metrics": {},
+            "logger": {"name": "none", "run_id": None, "project": None, "group": None, "dir": None},
+            "epochs": epochs,
+            "wall_time_s": None,
+            "output_dir": str(Path(output_dir).resolve()),
+        }
+        self._t0 = datetime.now(timezone.utc)
+
+    def save(self) -> None:
+        write_json_atomic(self.path, self.data)
+
+    def update_metrics(self, metrics: dict[str, Any]) -> None:
+        self.data["metrics"].update({k: _plain(v) for k, v in sorted(metrics.items())})
+
+    def _end(self, status: str, error: str | None) -> None:
+        self.data["status"] = status
+        self.data["error"] = error
+        self.data["finished_at"] = now_iso()
+        elapsed = datetime.now(timezone.utc) - self._t0
+        self.data["wall_time_s"] = round(elapsed.total_seconds(), 3)
+        self.save()
+
+    def finish(self) -> None:
+        self._end("finished", None)
+
+    def fail(self, error: BaseException | str) -> None:
+        message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        self._end("failed", " ".join(str(message).split())[:2000])

@@ -1,0 +1,234 @@
+"""Training entry point: ``python -m stnrepro.train [overrides]`` (console script ``stn-train``).
+
+:func:`train` instantiates the data module, model, logger, callbacks and trainer from the
+Hydra config, fits, tests, and writes the run record (``metrics.json``) it returns. Bad
+config values and bad data are refused before training starts with one line naming the
+key, file or value. In a multirun a failing job records ``status: failed`` and the sweep
+goes on with the next job.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import hydra
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import Logger
+
+from stnrepro.errors import ConfigError, StnreproError
+from stnrepro.models.st_cnn import validate_model_args
+from stnrepro.run_record import RunRecord, table_cell
+
+log = logging.getLogger("stnrepro")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = PROJECT_ROOT / "conf"
+os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
+
+
+def wandb_credentials_present() -> bool:
+    """True when W&B could log online without prompting: an API key in the env or netrc."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
+    path = os.environ.get("NETRC", str(Path.home() / ".netrc"))
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def _is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _wandb_run_id(output_dir: Path) -> str:
+    """One W&B run id per output directory, so a resumed run continues the same W&B run."""
+    path = output_dir / "wandb_run_id.txt"
+    if path.exists():
+        return path.read_text().strip()
+    import wandb
+
+    run_id = wandb.util.generate_id()
+    path.write_text(run_id + "\n")
+    return run_id
+
+
+def build_logger(cfg: DictConfig, output_dir: Path, name: str) -> Logger | None:
+    """Instantiate ``cfg.logger`` (None for ``logger=none``), filling in W&B run identity."""
+    if not cfg.get("logger"):
+        return None
+    kwargs: dict[str, Any] = {}
+    target = str(cfg.logger.get("_target_", ""))
+    if target.endswith("WandbLogger"):
+        group = cfg.logger.get("group")
+        if group is None and _is_multirun():
+            group = f"{cfg.task_name}-{Path(HydraConfig.get().sweep.dir).name}"
+        offline = cfg.logger.get("offline")
+        if offline is None:  # auto: offline when nobody is logged in
+            offline = os.environ.get("WANDB_MODE") == "offline" or not wandb_credentials_present()
+            if offline:
+                log.info(
+                    "W&B: no credentials found, logging offline to %s/wandb; upload later with "
+                    "`wandb sync %s/wandb/offline-run-*`",
+                    output_dir,
+                    output_dir,
+                )
+        kwargs = {
+            "name": name,
+            "group": group,
+            "offline": bool(offline),
+            "id": _wandb_run_id(output_dir),
+            "resume": "allow",
+            "save_dir": str(output_dir),
+        }
+    return instantiate(cfg.logger, **kwargs)
+
+
+def build_callbacks(cfg: DictConfig, has_logger: bool, has_val: bool) -> list[pl.Callback]:
+    """Instantiate ``cfg.callbacks``; drop what cannot work in this run's setting."""
+    callbacks = []
+    for key, cb_cfg in (cfg.get("callbacks") or {}).items():
+        if not cb_cfg or "_target_" not in cb_cfg:
+            continue
+        if key == "lr_monitor" and not has_logger:
+            continue  # LearningRateMonitor refuses a Trainer without logger
+        if key == "model_checkpoint" and not has_val:
+            cb_cfg = OmegaConf.merge(cb_cfg, {"monitor": None, "save_top_k": 1})
+        callbacks.append(instantiate(cb_cfg))
+    return callbacks
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Cheap checks of the user-facing keys, before any data is read or model built."""
+    for key in ("data", "model", "trainer"):
+        if not cfg.get(key):
+            raise ConfigError(f"{key}: missing config group (expected e.g. {key}=...)")
+    m = cfg.model
+    validate_model_args(
+        backbone=m.backbone,
+        num_transformers=m.num_transformers,
+        image_size=cfg.data.image_size,
+        crop_size=m.crop_size,
+        transform=m.transform,
+        fixed_scale=m.fixed_scale,
+        init_scale=m.init_scale,
+        scale_bounds=tuple(m.scale_bounds),
+        dropout=m.dropout,
+    )
+    if cfg.get("test_ckpt") not in ("last", "best"):
+        raise ConfigError(f"test_ckpt={cfg.get('test_ckpt')!r}: expected 'last' or 'best'")
+
+
+def _metrics(trainer: pl.Trainer) -> dict[str, Any]:
+    return {k: v for k, v in trainer.callback_metrics.items() if not k.startswith("train/st")}
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit and test one run described by ``cfg``; return its record (also in metrics.json)."""
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    record = RunRecord(
+        output_dir, table_cell(cfg), epochs=OmegaConf.select(cfg, "trainer.max_epochs")
+    )
+    logger: Logger | None = None
+    try:
+        validate_config(cfg)
+        record.save()
+        pl.seed_everything(cfg.seed, workers=True)
+        datamodule = instantiate(cfg.data)
+        datamodule.validate()  # index files checked before the model is built
+        model = instantiate(cfg.model)
+        logger = build_logger(cfg, output_dir, record.data["run_name"])
+        if logger is not None:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            record.data["logger"] = {
+                "name": type(logger).__name__.removesuffix("Logger").lower(),
+                "run_id": str(logger.version) if logger.version is not None else None,
+                "project": cfg.logger.get("project"),
+                "group": getattr(logger, "_wandb_init", {}).get("group"),
+                "dir": str(logger.save_dir) if logger.save_dir else None,
+            }
+        callbacks = build_callbacks(cfg, logger is not None, datamodule.has_val)
+        limit_val = {} if datamodule.has_val else {"limit_val_batches": 0}
+        trainer: pl.Trainer = instantiate(
+            cfg.trainer, callbacks=callbacks, logger=logger or False, **limit_val
+        )
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        record.update_metrics(_metrics(trainer))
+        if cfg.get("test"):
+            ckpt = "best" if cfg.test_ckpt == "best" and datamodule.has_val else None
+            trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+            record.update_metrics(_metrics(trainer))
+        if logger is not None:
+            logger.experiment  # noqa: B018  (make sure the run exists before the summary)
+            _log_summary(logger, record)
+        record.finish()
+    except BaseException as exc:
+        record.fail(exc)
+        if logger is not None:
+            _log_summary(logger, record)
+        raise
+    finally:
+        _finish_wandb(logger)
+    return record.data
+
+
+def _log_summary(logger: Logger, record: RunRecord) -> None:
+    """Store the record as the W&B run summary key ``record`` (what the table reads)."""
+    experiment = getattr(logger, "experiment", None)
+    summary = getattr(experiment, "summary", None)
+    if summary is not None:
+        summary["record"] = dict(record.data)
+
+
+def _finish_wandb(logger: Logger | None) -> None:
+    """End this job's W&B run, or the next multirun job would log into it."""
+    if logger is None or not type(logger).__name__.startswith("Wandb"):
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish(exit_code=0 if sys.exc_info()[0] is None else 1)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra task: one run. Returns test accuracy (for sweepers that optimise it)."""
+    try:
+        record = train(cfg)
+    except StnreproError as exc:
+        log.error("error: %s", exc)
+        if _is_multirun():
+            return None
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Exception:
+        if _is_multirun():  # one failure never costs the sweep: it is in metrics.json
+            log.exception("job failed; the sweep goes on")
+            return None
+        raise
+    metrics = record["metrics"]
+    log.info(
+        "run %s finished: %s; record %s",
+        record["run_name"],
+        ", ".join(
+            f"{k}={v:.4f}" for k, v in metrics.items() if k.endswith("/acc") and v is not None
+        ),
+        Path(record["output_dir"]) / "metrics.json",
+    )
+    return metrics.get("test/acc")
+
+
+if __name__ == "__main__":
+    main()

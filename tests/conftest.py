@@ -1,0 +1,44 @@
+"""Shared test helpers: compose the real Hydra configs the way the CLI does."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from stnrepro.train import CONF_DIR
+
+# Tests never talk to W&B servers and never prompt.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("WANDB_DISABLE_GIT", "true")
+
+
+def compose_train(
+    overrides: list[str], output_dir: Path, data_dir: Path | None = None
+) -> DictConfig:
+    """The composed ``train`` config with the hydra node set, as inside ``@hydra.main``."""
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as in @hydra.main: the job config has no hydra node
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.log_dir = str(output_dir / "logs")
+        if data_dir is not None:
+            cfg.paths.data_dir = str(data_dir)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """``make_cfg([overrides])`` -> config whose outputs go under tmp_path/run."""
+
+    def _make(overrides: list[str], data_dir: Path | None = None) -> DictConfig:
+        return compose_train(overrides, tmp_path / "run", data_dir)
+
+    return _make

@@ -1,0 +1,112 @@
+"""End to end through the Hydra configs: compose, train a few steps on CPU, read the record."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import compose_train
+from cub_fixture import write_tiny_cub
+
+from stnrepro.errors import ConfigError
+from stnrepro.train import CONF_DIR, train
+
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def cub_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "CUB_200_2011"
+    return write_tiny_cub(root, num_classes=3, per_class=6, size=(48, 40))
+
+
+def tiny_overrides(cub_root: Path, n: int = 2) -> list[str]:
+    return [
+        "data=cub",
+        f"data.root={cub_root}",
+        "data.num_classes=3",
+        "data.image_size=32",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "data.val_fraction=0.2",
+        "model.backbone=small",
+        "model.pretrained=false",
+        f"model.num_transformers={n}",
+        "model.crop_size=16",
+        "trainer=cpu",
+        "trainer.max_epochs=2",
+        "trainer.log_every_n_steps=1",
+        "trainer.enable_progress_bar=false",
+        "logger=csv",
+    ]
+
+
+@pytest.mark.parametrize("n", [0, 2])
+def test_short_cpu_run_writes_a_record_with_real_numbers(cub_root, make_cfg, n):
+    cfg = make_cfg(tiny_overrides(cub_root, n))
+    record = train(cfg)
+    path = Path(cfg.paths.output_dir) / "metrics.json"
+    assert json.loads(path.read_text()) == record
+    assert record["status"] == "finished" and record["error"] is None
+    assert record["cell"] == {
+        "dataset": "cub", "backbone": "small", "pretrained": False, "image_size": 32,
+        "crop_size": 16, "num_transformers": n, "transform": "attention", "seed": 0,
+    }  # fmt: skip
+    metrics = record["metrics"]
+    for key in ("val/acc", "val/loss", "test/acc", "test/loss"):
+        assert isinstance(metrics[key], float), key
+    assert 0.0 <= metrics["test/acc"] <= 1.0 and metrics["test/loss"] > 0
+    assert record["run_name"] == ("CNN-32-s0" if n == 0 else "2xST-32-s0")
+    assert record["logger"]["name"] == "csv"
+    assert (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").exists()
+    if n:
+        assert 0.0 <= metrics["test/st0/outside"] <= 1.0
+        assert metrics["test/st0/s_mean"] == pytest.approx(0.5)
+        logged = (Path(cfg.paths.output_dir) / "csv" / "metrics.csv").read_text()
+        assert "train/st1/ty_mean" in logged and "train/loss_step" in logged
+
+
+def test_bad_value_fails_before_training_and_is_recorded(cub_root, make_cfg):
+    cfg = make_cfg(tiny_overrides(cub_root) + ["model.fixed_scale=1.5"])
+    with pytest.raises(ConfigError, match=r"model\.fixed_scale=1\.5"):
+        train(cfg)
+    record = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert record["status"] == "failed" and "model.fixed_scale=1.5" in record["error"]
+    assert record["cell"]["num_transformers"] == 2 and record["metrics"] == {}
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_file_composes(experiment, tmp_path):
+    cfg = compose_train([f"experiment={experiment}"], tmp_path)
+    assert cfg.model.crop_size > 0 and cfg.data.image_size > 0
+    assert cfg.data.name and cfg.model.backbone in ("inception_v3", "resnet50", "small")
+
+
+@pytest.mark.parametrize(
+    "name,size,n", [("cub_cnn_224", 224, 0), ("cub_2st_224", 224, 2), ("cub_2st_448", 448, 2),
+                    ("cub_4st_448", 448, 4)],
+)  # fmt: skip
+def test_table3_rows_are_the_papers_settings(name, size, n, tmp_path):
+    cfg = compose_train([f"experiment={name}"], tmp_path)
+    assert (cfg.data.name, cfg.data.image_size, cfg.model.num_transformers) == ("cub", size, n)
+    assert (cfg.model.backbone, cfg.model.pretrained, cfg.model.crop_size) == (
+        "inception_v3", True, 224,
+    )  # fmt: skip
+    assert cfg.model.transform == "attention" and cfg.model.fixed_scale == 0.5
+
+
+def test_cli_refuses_bad_input_with_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "stnrepro.train", "data=cub", f"data.root={tmp_path}/nope",
+         "model.backbone=vgg", f"hydra.run.dir={tmp_path}/run", "logger=none"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert (
+        "error: model.backbone='vgg': expected one of inception_v3, resnet50, small" in proc.stderr
+    )
+    assert "Traceback" not in proc.stderr
