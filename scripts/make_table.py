@@ -1,0 +1,80 @@
+"""Regenerate the CUB comparison table (paper Table 3 layout) from run records.
+
+    python scripts/make_table.py --runs multirun/2026-11-22/10-00-00
+    python scripts/make_table.py --wandb ENTITY/PROJECT --group sweep-x --out results/
+
+Writes ``<name>.md/.csv/.tex/.png`` to ``--out`` and prints the table. Any problem with
+the records is one line on stderr and exit status 2, with nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from stnrepro.errors import StnreproError
+from stnrepro.results.records import load_records, load_wandb_records
+from stnrepro.results.table import aggregate, default_table_name, print_table, write_table
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="make_table.py",
+        description="Regenerate the CUB comparison table from run records (metrics.json).",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--runs", metavar="PATH", help="directory searched recursively for metrics.json"
+    )
+    source.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from W&B")
+    parser.add_argument("--group", help="W&B run group (required with --wandb)")
+    parser.add_argument("--name", help="output file stem (default: <dataset>_table)")
+    parser.add_argument("--out", default="results", help="output directory (default: results)")
+    parser.add_argument("--dataset", help="use only runs of this dataset")
+    parser.add_argument("--backbone", help="use only runs of this backbone")
+    parser.add_argument(
+        "--pretrained",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="use only pretrained (or, with --no-pretrained, from-scratch) runs",
+    )
+    parser.add_argument("--metric", default="test/acc", help="metric key (default: test/acc)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 2 bad input: nothing written)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed usage / help
+        return int(exc.code or 0)
+    if args.wandb and not args.group:
+        parser.print_usage(sys.stderr)
+        print("make_table.py: error: --wandb needs --group", file=sys.stderr)
+        return 2
+    try:
+        if args.runs is not None:
+            records = load_records(args.runs)
+        else:
+            records = load_wandb_records(args.wandb, args.group)
+        table = aggregate(
+            records,
+            metric=args.metric,
+            dataset=args.dataset,
+            backbone=args.backbone,
+            pretrained=args.pretrained,
+        )
+        paths = write_table(table, args.out, args.name or default_table_name(table))
+    except StnreproError as exc:
+        print(f"make_table.py: error: {exc}", file=sys.stderr)
+        return 2
+    print_table(table)
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
