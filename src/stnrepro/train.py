@@ -13,6 +13,7 @@ import logging
 import netrc
 import os
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -57,9 +58,7 @@ def _wandb_run_id(output_dir: Path) -> str:
     path = output_dir / "wandb_run_id.txt"
     if path.exists():
         return path.read_text().strip()
-    import wandb
-
-    run_id = wandb.util.generate_id()
+    run_id = uuid.uuid4().hex[:12]
     path.write_text(run_id + "\n")
     return run_id
 

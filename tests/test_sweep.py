@@ -1,0 +1,97 @@
+"""Sweeps through the real Hydra CLI: N jobs -> N records, N W&B runs, one table."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cub_fixture import write_tiny_cub
+
+from stnrepro.results.records import load_records
+from stnrepro.results.table import aggregate
+
+
+@pytest.fixture(scope="module")
+def cub_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "CUB_200_2011"
+    return write_tiny_cub(root, num_classes=3, per_class=6, size=(48, 40))
+
+
+def tiny(cub_root: Path) -> list[str]:
+    return [
+        "data=cub", f"data.root={cub_root}", "data.num_classes=3", "data.num_workers=0",
+        "data.batch_size=4", "model.crop_size=16", "trainer=cpu", "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+
+
+def run_cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
+    env.pop("WANDB_API_KEY", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stnrepro.train", "-m", *args],
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_2x2_multirun_gives_4_records_4_wandb_runs_and_a_4_cell_table(cub_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        [*tiny(cub_root), "data.image_size=32,48", "model.num_transformers=0,2", "logger=wandb",
+         f"hydra.sweep.dir={sweep}"],
+        tmp_path,
+    )  # fmt: skip
+    assert "logging offline" in proc.stdout + proc.stderr
+    records = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    assert len(records) == 4 and {r["status"] for r in records} == {"finished"}
+    # One W&B run per job (wandb.finish per job), all in the sweep's group.
+    runs = sorted(sweep.glob("*/wandb/offline-run-*"))
+    assert len(runs) == 4 and len({p.parent.parent for p in runs}) == 4
+    ids = {r["logger"]["run_id"] for r in records}
+    assert len(ids) == 4 and all(any(p.name.endswith(i) for p in runs) for i in ids)
+    assert len({r["logger"]["group"] for r in records}) == 1
+    assert {r["run_name"] for r in records} == {
+        "CNN-32-s0",
+        "2xST-32-s0",
+        "CNN-48-s0",
+        "2xST-48-s0",
+    }
+    table = aggregate(load_records(sweep))
+    filled = [row for row in table.rows if row.stats is not None and row.stats.n > 0]
+    assert len(filled) == 4 and table.n_used == 4
+
+
+def test_a_failing_job_does_not_stop_the_sweep(cub_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    run_cli(
+        [*tiny(cub_root), "data.image_size=32", "model.fixed_scale=0.5,7.0",
+         "model.num_transformers=2", "logger=none", f"hydra.sweep.dir={sweep}"],
+        tmp_path,
+    )  # fmt: skip
+    statuses = {
+        json.loads(p.read_text())["status"]: json.loads(p.read_text())
+        for p in sweep.glob("*/metrics.json")
+    }
+    assert set(statuses) == {"finished", "failed"}
+    assert "model.fixed_scale=7.0" in statuses["failed"]["error"]
+    table = aggregate(load_records(sweep))
+    assert table.n_failed == 1 and table.n_used == 1
+
+
+def test_submitit_local_launcher_runs_a_2_job_sweep(cub_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    run_cli(
+        [*tiny(cub_root), "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+         "hydra.launcher.cpus_per_task=1", "data.image_size=32", "model.num_transformers=0,2",
+         "logger=csv", f"hydra.sweep.dir={sweep}"],
+        tmp_path,
+    )  # fmt: skip
+    records = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    assert [r["status"] for r in records] == ["finished", "finished"]
+    assert any((sweep / ".submitit").iterdir())  # really went through submitit
