@@ -1,0 +1,196 @@
+"""CUB image loading and geometry: one "view" (crop + optional flip) drives pixels AND boxes.
+
+Coordinate conventions (why they matter: STN localisation is evaluated against these):
+
+* Pixel coordinates are continuous, top-left origin: the left edge of the image is ``x = 0``
+  and the right edge is ``x = W`` (a pixel ``k`` covers ``[k, k + 1)``).  CUB boxes
+  (``x, y, width, height``) and part locations are read in this frame.
+* Normalised coordinates match ``F.affine_grid(..., align_corners=False)``: ``-1`` is the
+  left/top EDGE of the returned image and ``+1`` the right/bottom edge, so
+  ``x_norm = 2 * (x - left) / width - 1`` for a view whose crop starts at ``left``.
+
+A :class:`View` is a crop rectangle in original pixel coordinates plus a flip flag.  The image
+is produced by resampling exactly that rectangle to ``S x S`` (PIL's resize ``box=`` uses the
+same pixel-centre convention), and the annotations are mapped with the same rectangle, so
+pixels and boxes cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+from torchvision.transforms import RandomResizedCrop
+
+from stnrepro.errors import DataError
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+# Truncated JPEGs must fail loudly instead of decoding as grey padding.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+DEFAULT_RATIO: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+
+
+@dataclass(frozen=True)
+class View:
+    """A crop ``[left, left + width] x [top, top + height]`` (original pixels), then a flip."""
+
+    left: float
+    top: float
+    width: float
+    height: float
+    flip: bool = False
+
+
+def full_view(width: int, height: int) -> View:
+    """The eval view: the whole image (resized to a square, aspect ratio NOT preserved)."""
+    return View(0.0, 0.0, float(width), float(height), False)
+
+
+def _sample_crop(
+    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float]
+) -> tuple[int, int, int, int]:
+    """``(top, left, h, w)`` from torchvision's RandomResizedCrop (uses the torch RNG)."""
+    dummy = torch.empty(1, 1, 1).expand(1, height, width)  # only the shape is read
+    return RandomResizedCrop.get_params(dummy, list(scale), list(ratio))
+
+
+def _flip_coin() -> bool:
+    """One fair coin from the torch RNG (seeded per worker by PyTorch/Lightning)."""
+    return bool(torch.rand(()) < 0.5)
+
+
+def sample_view(
+    width: int,
+    height: int,
+    crop_scale: tuple[float, float] = (0.6, 1.0),
+    ratio: tuple[float, float] = DEFAULT_RATIO,
+    hflip: bool = True,
+) -> View:
+    """A random training view: random-resized-crop parameters and a p=0.5 horizontal flip."""
+    top, left, h, w = _sample_crop(width, height, crop_scale, ratio)
+    flip = _flip_coin() if hflip else False
+    return View(float(left), float(top), float(w), float(h), flip)
+
+
+def map_points(xy: np.ndarray, view: View) -> np.ndarray:
+    """Map pixel points ``(..., 2)`` to normalised coordinates of the view's output image."""
+    xy = np.asarray(xy, dtype=np.float64)
+    x = 2.0 * (xy[..., 0] - view.left) / view.width - 1.0
+    y = 2.0 * (xy[..., 1] - view.top) / view.height - 1.0
+    if view.flip:
+        x = -x
+    return np.stack([x, y], axis=-1)
+
+
+def map_box(bbox_xywh: np.ndarray, view: View) -> np.ndarray:
+    """Map a pixel box ``x, y, w, h`` to normalised ``x0, y0, x1, y1`` clipped to [-1, 1].
+
+    A flip mirrors x, which swaps the roles of the left and right edges.  A box that falls
+    entirely outside the crop collapses onto the border (zero width/height).
+    """
+    if bbox_xywh is None or not np.all(np.isfinite(bbox_xywh)):
+        return np.full(4, np.nan, dtype=np.float32)
+    x, y, w, h = (float(v) for v in bbox_xywh)
+    (x0, y0), (x1, y1) = map_points(np.array([[x, y], [x + w, y + h]]), view)
+    if x0 > x1:  # flipped
+        x0, x1 = x1, x0
+    out = np.clip(np.array([x0, y0, x1, y1]), -1.0, 1.0)
+    return out.astype(np.float32)
+
+
+def map_parts(parts: np.ndarray | None, view: View) -> np.ndarray:
+    """Map parts ``(P, 3)`` = x, y, visible; a part pushed outside the view becomes invisible.
+
+    Coordinates of invisible parts stay finite (mapped as-is) so masked sums never meet NaN.
+    """
+    if parts is None:
+        return np.zeros((0, 3), dtype=np.float32)
+    parts = np.asarray(parts, dtype=np.float64)
+    xy = map_points(parts[:, :2], view)
+    inside = np.all(np.abs(xy) <= 1.0, axis=1)
+    visible = (parts[:, 2] > 0) & inside
+    return np.concatenate([xy, visible[:, None].astype(np.float64)], axis=1).astype(np.float32)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` from the header only (no decode)."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: cannot read image ({_reason(exc)})") from None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def load_view(path: str | Path, size: int, view_fn) -> tuple[Image.Image, View]:
+    """Decode ``path`` and resample the chosen view to ``size x size`` RGB.
+
+    ``view_fn(width, height) -> View`` is called with the ORIGINAL size (from the header) so the
+    view is independent of the decode scale.  ``Image.draft`` lets libjpeg decode at 1/2, 1/4
+    or 1/8 scale when the crop region would still cover at least ``size`` pixels: this is
+    what makes the CPU pipeline fast on ~500 px CUB photos.
+    """
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            view = view_fn(width, height)
+            request = (
+                max(1, math.ceil(width * size / view.width)),
+                max(1, math.ceil(height * size / view.height)),
+            )
+            drafted = img.draft("RGB", request)  # None for non-JPEG formats
+            sx = sy = 1.0
+            if drafted is not None:
+                _, dbox = drafted
+                sx, sy = dbox[2] / width, dbox[3] / height
+            img.load()
+            rgb = img if img.mode == "RGB" else img.convert("RGB")
+            dw, dh = rgb.size
+            box = (
+                min(max(view.left * sx, 0.0), dw),
+                min(max(view.top * sy, 0.0), dh),
+                min(max((view.left + view.width) * sx, 0.0), dw),
+                min(max((view.top + view.height) * sy, 0.0), dh),
+            )
+            out = rgb.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    except DataError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: cannot read image ({_reason(exc)})") from None
+    if view.flip:
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return out, view
+
+
+_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+
+def to_normalised_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float32 ``(3, H, W)`` normalised with ImageNet mean/std."""
+    arr = np.array(img, dtype=np.uint8, copy=True)
+    t = torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
+    return t.sub_(_MEAN).div_(_STD)
+
+
+def denormalize(images: torch.Tensor) -> torch.Tensor:
+    """Undo the ImageNet normalisation (for visualisation); works on ``(3,H,W)`` or ``(B,3,H,W)``.
+
+    Not clamped: clamp to [0, 1] yourself before display if the model produced the tensor.
+    """
+    mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype, device=images.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=images.dtype, device=images.device).view(3, 1, 1)
+    return images * std + mean

@@ -1,0 +1,177 @@
+"""scripts/download_cub.py: download via file:// URL, MD5 check, safe extraction, validation."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import subprocess
+import sys
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cub_fixture import write_tiny_cub
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "download_cub.py"
+
+
+def load_script_main() -> Callable[[list[str] | None], int]:
+    spec = importlib.util.spec_from_file_location("download_cub_script", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+main = load_script_main()
+
+
+def md5_of(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    """A .tgz shaped like the official one: CUB_200_2011/ plus a top-level attributes.txt."""
+    src = tmp_path / "src"
+    write_tiny_cub(src / "CUB_200_2011")
+    (src / "attributes.txt").write_text("1 has_bill_shape::curved\n")
+    path = tmp_path / "CUB_200_2011.tgz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(src / "CUB_200_2011", arcname="CUB_200_2011")
+        tar.add(src / "attributes.txt", arcname="attributes.txt")
+    return path
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main([*argv, "--quiet"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def leftovers(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if p.name.startswith(".") or "part" in p.name)
+
+
+def test_download_verify_extract_validate(
+    tmp_path: Path, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "data"
+    argv = ["--out", str(out), "--url", archive.as_uri(), "--md5", md5_of(archive)]
+    code, stdout, stderr = run(argv, capsys)
+    assert code == 0, stderr
+    assert (out / "CUB_200_2011" / "images.txt").is_file()
+    assert (out / "attributes.txt").is_file()
+    assert not (out / "CUB_200_2011.tgz").exists()  # downloaded archive removed by default
+    assert leftovers(out) == []  # no .part, no temporary extraction folder
+    assert stdout.count("\n") == 1
+    assert "12 images, 3 classes, 6 train / 6 test" in stdout
+    assert archive.is_file()  # the source is untouched
+
+    code, stdout, _ = run(argv, capsys)  # idempotent: nothing to do the second time
+    assert code == 0 and "12 images" in stdout
+
+
+def test_keep_archive(tmp_path: Path, archive: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "data"
+    argv = ["--out", str(out), "--url", archive.as_uri(), "--md5", md5_of(archive)]
+    code, _, stderr = run([*argv, "--keep-archive"], capsys)
+    assert code == 0, stderr
+    assert md5_of(out / "CUB_200_2011.tgz") == md5_of(archive)
+
+
+def test_wrong_md5_fails_clearly(
+    tmp_path: Path, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "data"
+    wrong = "0" * 32
+    code, stdout, stderr = run(
+        ["--out", str(out), "--url", archive.as_uri(), "--md5", wrong], capsys
+    )
+    assert code == 2 and stdout == ""
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    assert f"expected {wrong}, got {md5_of(archive)}" in stderr
+    assert str(out / "CUB_200_2011.tgz.part") in stderr  # names the file it checked
+    assert not (out / "CUB_200_2011").exists()
+    assert archive.is_file()
+
+
+def test_local_archive(tmp_path: Path, archive: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "data"
+    wrong = ["--out", str(out), "--archive", str(archive), "--md5", "f" * 32]
+    code, _, stderr = run(wrong, capsys)
+    assert code == 2 and f"error: {archive}: MD5 mismatch" in stderr
+    assert archive.is_file()  # never delete what the user owns
+
+    ok = ["--out", str(out), "--archive", str(archive), "--md5", md5_of(archive)]
+    code, stdout, stderr = run(ok, capsys)
+    assert code == 0, stderr
+    assert archive.is_file() and "12 images" in stdout
+
+
+@pytest.mark.parametrize("evil", ["../evil.txt", "CUB_200_2011/../../evil.txt", "/tmp/evil.txt"])
+def test_unsafe_member_refused(
+    tmp_path: Path, archive: Path, evil: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.tgz"
+    with tarfile.open(archive) as src, tarfile.open(bad, "w:gz") as dst:
+        for member in src:
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+        payload = b"pwned\n"
+        info = tarfile.TarInfo(evil)
+        info.size = len(payload)
+        dst.addfile(info, io.BytesIO(payload))
+    out = tmp_path / "a" / "data"
+    code, _, stderr = run(["--out", str(out), "--archive", str(bad), "--md5", ""], capsys)
+    assert code == 2
+    assert f"refusing to extract member {evil!r}" in stderr, stderr
+    assert not (tmp_path / "a" / "evil.txt").exists() and not (tmp_path / "evil.txt").exists()
+    assert not (out / "CUB_200_2011").exists()  # nothing half-extracted left in place
+    assert leftovers(out) == []
+
+
+def test_other_failures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "data"
+    missing = (tmp_path / "nope.tgz").as_uri()
+    code, _, stderr = run(["--out", str(out), "--url", missing], capsys)
+    assert code == 2 and "download failed" in stderr and leftovers(out) == []
+
+    junk = tmp_path / "junk.tgz"
+    junk.write_bytes(b"not a tar file at all" * 10)
+    code, _, stderr = run(["--out", str(out), "--archive", str(junk), "--md5", ""], capsys)
+    assert code == 2 and f"error: {junk}: cannot extract" in stderr
+
+    empty = tmp_path / "empty.tgz"
+    with tarfile.open(empty, "w:gz") as tar:
+        info = tarfile.TarInfo("README")
+        tar.addfile(info, io.BytesIO(b""))
+    code, _, stderr = run(["--out", str(out), "--archive", str(empty), "--md5", ""], capsys)
+    assert code == 2 and "no CUB_200_2011/ folder inside" in stderr
+
+    (out / "CUB_200_2011").mkdir(parents=True)
+    code, _, stderr = run(["--out", str(out), "--archive", str(empty), "--md5", ""], capsys)
+    assert code == 2 and "already exists but is not a valid CUB folder" in stderr
+
+
+def test_extracted_but_invalid_is_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "src"
+    write_tiny_cub(src / "CUB_200_2011", bad_line=("images.txt", 2, "two x.jpg"))
+    bad = tmp_path / "bad.tgz"
+    with tarfile.open(bad, "w:gz") as tar:
+        tar.add(src / "CUB_200_2011", arcname="CUB_200_2011")
+    out = tmp_path / "data"
+    code, _, stderr = run(["--out", str(out), "--archive", str(bad), "--md5", ""], capsys)
+    assert code == 2
+    assert f"{out / 'CUB_200_2011' / 'images.txt'}:2: expected '<image_id> <path>'" in stderr
+
+
+def test_script_runs_standalone() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and "--keep-archive" in proc.stdout
