@@ -19,11 +19,15 @@ from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from stnrepro.errors import ConfigError
+from stnrepro.errors import ConfigError, StnreproError
 from stnrepro.models.spatial_transformer import outside_fraction
 from stnrepro.models.st_cnn import STCNN
 
 STAGES = ("train", "val", "test")
+
+
+class DivergenceError(StnreproError):
+    """The loss or the transformer parameters became non-finite during training."""
 
 
 class ThetaStats(Metric):
@@ -75,7 +79,7 @@ class STCNNModule(pl.LightningModule):
     def __init__(
         self,
         num_classes: int,
-        optimizer: Callable[..., torch.optim.Optimizer],
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         backbone: str = "small",
         pretrained: bool = False,
@@ -93,7 +97,11 @@ class STCNNModule(pl.LightningModule):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False)
+        # The partials stay out of the checkpoint: Lightning reloads it with
+        # torch.load(weights_only=True), which accepts plain values only.
+        self.save_hyperparameters(logger=False, ignore=["optimizer", "scheduler"])
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
         if loc_lr_mult < 0 or head_lr_mult < 0:
             raise ConfigError(
                 f"model.loc_lr_mult={loc_lr_mult}, model.head_lr_mult={head_lr_mult}: "
@@ -141,6 +149,12 @@ class STCNNModule(pl.LightningModule):
         metrics.update(out.logits.detach(), batch["label"])
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
         if out.theta is not None:
+            if stage == "train" and not torch.isfinite(out.theta).all():
+                raise DivergenceError(
+                    f"transformer parameters are non-finite at epoch {self.current_epoch}, "
+                    f"step {self.global_step}: the localisation network diverged; the last "
+                    "good checkpoint is kept; try a lower model.loc_lr_mult"
+                )
             getattr(self, f"{stage}_theta").update(out.theta)
         return loss
 
@@ -152,7 +166,16 @@ class STCNNModule(pl.LightningModule):
             stats.reset()
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+        loss = self._step(batch, "train")
+        # One scalar sync per step: a diverged run stops before a NaN update is checkpointed.
+        if not torch.isfinite(loss):
+            raise DivergenceError(
+                f"train/loss={loss.item()} at epoch {self.current_epoch}, step "
+                f"{self.global_step}: training diverged (non-finite loss); the last good "
+                "checkpoint is kept; try a lower model.optimizer.lr or "
+                "trainer.gradient_clip_val"
+            )
+        return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -171,7 +194,7 @@ class STCNNModule(pl.LightningModule):
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Parameter groups with learning rates relative to the optimizer's base ``lr``."""
-        base_lr = getattr(self.hparams.optimizer, "keywords", {}).get("lr")
+        base_lr = getattr(self.optimizer_factory, "keywords", {}).get("lr")
         if base_lr is None:
             raise ConfigError("model.optimizer.lr: expected a base learning rate (missing)")
         loc = list(self.net.localisation_parameters())
@@ -189,10 +212,12 @@ class STCNNModule(pl.LightningModule):
         return groups
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.hparams.optimizer(params=self.param_groups())
-        if self.hparams.scheduler is None:
+        if self.optimizer_factory is None:
+            raise ConfigError("model.optimizer: missing (expected a partial, e.g. torch.optim.SGD)")
+        optimizer = self.optimizer_factory(params=self.param_groups())
+        if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.hparams.scheduler(optimizer=optimizer)
+        scheduler = self.scheduler_factory(optimizer=optimizer)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},

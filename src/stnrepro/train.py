@@ -28,6 +28,7 @@ from pytorch_lightning.loggers import Logger
 
 from stnrepro.errors import ConfigError, StnreproError
 from stnrepro.models.st_cnn import validate_model_args
+from stnrepro.reproducibility import RNGStateCallback, resolve_ckpt_path
 from stnrepro.run_record import RunRecord, table_cell
 
 log = logging.getLogger("stnrepro")
@@ -143,6 +144,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     logger: Logger | None = None
     try:
         validate_config(cfg)
+        resume_from = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
         record.save()
         pl.seed_everything(cfg.seed, workers=True)
         datamodule = instantiate(cfg.data)
@@ -159,11 +161,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 "dir": str(logger.save_dir) if logger.save_dir else None,
             }
         callbacks = build_callbacks(cfg, logger is not None, datamodule.has_val)
+        callbacks.append(RNGStateCallback())
         limit_val = {} if datamodule.has_val else {"limit_val_batches": 0}
         trainer: pl.Trainer = instantiate(
             cfg.trainer, callbacks=callbacks, logger=logger or False, **limit_val
         )
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        if resume_from:
+            log.info("resuming from %s", resume_from)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
         record.update_metrics(_metrics(trainer))
         if cfg.get("test"):
             ckpt = "best" if cfg.test_ckpt == "best" and datamodule.has_val else None

@@ -1,0 +1,96 @@
+"""Interrupted runs resume to the same result; same seed, same config -> same metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cub_fixture import write_tiny_cub
+
+from stnrepro.errors import ConfigError
+from stnrepro.train import train
+
+EPOCHS = 5
+
+
+@pytest.fixture(scope="module")
+def cub_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "CUB_200_2011"
+    return write_tiny_cub(root, num_classes=3, per_class=12, size=(64, 48))
+
+
+def overrides(cub_root: Path, run_dir: Path) -> list[str]:
+    return [
+        "data=cub", f"data.root={cub_root}", "data.num_classes=3", "data.image_size=48",
+        "data.batch_size=4", "data.num_workers=0", "data.val_fraction=0.2",
+        "model.num_transformers=2", "model.crop_size=24", "model.loc_lr_mult=1.0",
+        "trainer=cpu", f"trainer.max_epochs={EPOCHS}", "trainer.deterministic=true",
+        "trainer.enable_progress_bar=false", "logger=wandb", f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "stnrepro.train", *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True,
+    )  # fmt: skip
+
+
+def record(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_sigkilled_run_resumes_to_the_same_metrics(cub_root, tmp_path):
+    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+    proc = start(overrides(cub_root, reference_dir))
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()[-2000:]
+    reference = record(reference_dir)
+
+    proc = start(overrides(cub_root, killed_dir))
+    last = killed_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up
+    proc.wait(timeout=60)
+    interrupted = record(killed_dir)
+    assert interrupted["status"] == "running", "the run ended before it could be killed"
+    first_id = (killed_dir / "wandb_run_id.txt").read_text()
+
+    env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    again = subprocess.run(  # the same command again
+        [sys.executable, "-m", "stnrepro.train", *overrides(cub_root, killed_dir)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    # It continued from the checkpoint (a fresh restart would also match the reference).
+    assert f"resuming from {last}" in again.stdout + again.stderr
+    resumed = record(killed_dir)
+    assert resumed["status"] == "finished"
+    assert (killed_dir / "wandb_run_id.txt").read_text() == first_id
+    assert resumed["logger"]["run_id"] == first_id.strip()  # the same W&B run continues
+    for key in ("val/acc", "val/loss", "test/acc", "test/loss", "test/st0/tx_mean"):
+        assert resumed["metrics"][key] == pytest.approx(reference["metrics"][key], abs=1e-5), key
+
+
+def test_same_seed_same_metrics_on_cpu(cub_root, make_cfg, tmp_path):
+    results = []
+    for name in ("a", "b"):
+        cfg = make_cfg(overrides(cub_root, tmp_path / name) + ["logger=none", "ckpt_path=null"])
+        cfg.paths.output_dir = str(tmp_path / name)
+        cfg.trainer.max_epochs = 2
+        results.append(train(cfg)["metrics"])
+    assert results[0] == results[1]
+
+
+def test_missing_checkpoint_path_is_refused(cub_root, make_cfg, tmp_path):
+    cfg = make_cfg(overrides(cub_root, tmp_path) + ["logger=none", f"ckpt_path={tmp_path}/x.ckpt"])
+    with pytest.raises(ConfigError, match=r"ckpt_path=.*x\.ckpt: file not found"):
+        train(cfg)
