@@ -17,3 +17,16 @@ class DataError(StnreproError):
 
 class WeightsUnavailableError(StnreproError):
     """Pretrained weights were requested but cannot be loaded."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The user-facing line of an error, also when a DataLoader worker re-raised it.
+
+    PyTorch re-raises worker exceptions with the worker's traceback in the message; the
+    original ``module.Class: message`` line is its last line.
+    """
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split())

@@ -19,6 +19,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from stnrepro.errors import one_line
+
 SCHEMA_VERSION = 1
 RECORD_NAME = "metrics.json"
 
@@ -129,5 +131,6 @@ class RunRecord:
         self._end("finished", None)
 
     def fail(self, error: BaseException | str) -> None:
-        message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-        self._end("failed", " ".join(str(message).split())[:2000])
+        if not isinstance(error, str):
+            error = f"{type(error).__name__}: {one_line(error)}"
+        self._end("failed", error[:2000])

@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger
 
-from stnrepro.errors import ConfigError, StnreproError
+from stnrepro.errors import ConfigError, StnreproError, one_line
 from stnrepro.models.st_cnn import validate_model_args
 from stnrepro.reproducibility import RNGStateCallback, resolve_ckpt_path
 from stnrepro.run_record import RunRecord, table_cell
@@ -212,10 +212,10 @@ def main(cfg: DictConfig) -> float | None:
     try:
         record = train(cfg)
     except StnreproError as exc:
-        log.error("error: %s", exc)
+        log.error("error: %s", one_line(exc))
         if _is_multirun():
             return None
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
     except Exception:
         if _is_multirun():  # one failure never costs the sweep: it is in metrics.json

@@ -1,0 +1,64 @@
+"""Bad input through the real CLI: one clear line naming the key/file/value, exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cub_fixture import write_tiny_cub
+
+
+def cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    return subprocess.run(
+        [sys.executable, "-m", "stnrepro.train", *args, f"hydra.run.dir={tmp_path}/run",
+         "logger=none", "trainer=cpu", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+
+
+def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+
+
+@pytest.fixture
+def cub(tmp_path) -> list[str]:
+    root = write_tiny_cub(tmp_path / "CUB_200_2011", num_classes=3, per_class=4, size=(48, 40))
+    return ["data=cub", f"data.root={root}", "data.num_classes=3", "data.image_size=32",
+            "data.batch_size=4", "model.crop_size=16", "model.num_transformers=2"]  # fmt: skip
+
+
+def test_wrong_data_root(tmp_path):
+    proc = cli(["data=cub", f"data.root={tmp_path}/missing"], tmp_path)
+    assert proc.returncode == 2
+    [line] = error_lines(proc)
+    assert f"{tmp_path}/missing" in line and "Traceback" not in proc.stderr
+
+
+def test_truncated_image_found_by_a_worker_names_the_file(cub, tmp_path):
+    image = sorted((tmp_path / "CUB_200_2011" / "images").rglob("*.jpg"))[0]
+    image.write_bytes(image.read_bytes()[:200])
+    proc = cli([*cub, "data.num_workers=1", "data.val_fraction=0"], tmp_path)
+    assert proc.returncode == 2
+    [line] = error_lines(proc)
+    assert str(image) in line and "Original Traceback" not in line
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["status"] == "failed" and str(image) in record["error"]
+
+
+def test_num_classes_that_does_not_match_the_dataset(cub, tmp_path):
+    proc = cli([*cub, "data.num_classes=5"], tmp_path)
+    assert proc.returncode == 2
+    [line] = error_lines(proc)
+    assert "data.num_classes=5" in line and "classes.txt" in line
+
+
+def test_unknown_dataset_is_refused_by_hydra_naming_it(tmp_path):
+    proc = cli(["data=imagenet"], tmp_path)
+    assert proc.returncode != 0
+    assert "Could not find 'data/imagenet'" in proc.stderr
+    assert "cub" in proc.stderr  # the available options are listed
