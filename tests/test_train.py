@@ -65,6 +65,9 @@ def test_short_cpu_run_writes_a_record_with_real_numbers(cub_root, make_cfg, n):
     if n:
         assert 0.0 <= metrics["test/st0/outside"] <= 1.0
         assert metrics["test/st0/s_mean"] == pytest.approx(0.5)
+        for key in ("test/st0/iou", "test/st1/hit_center", "test/st1/hit_head", "val/st0/iou"):
+            assert 0.0 <= metrics[key] <= 1.0, key
+        assert list((Path(cfg.paths.output_dir) / "attention").glob("epoch*.png"))
         logged = (Path(cfg.paths.output_dir) / "csv" / "metrics.csv").read_text()
         assert "train/st1/ty_mean" in logged and "train/loss_step" in logged
 

@@ -4,7 +4,9 @@ Logged metrics (the sweep, table and docs rely on these names): ``{stage}/loss``
 ``{stage}/acc``, ``{stage}/acc_top5`` for stage in train/val/test, and for the ST-CNN the
 per-transformer statistics ``{stage}/st{i}/{tx,ty,s}_{mean,std}`` and
 ``{stage}/st{i}/outside`` (fraction of the crop outside the image), so that collapse or
-drift shows in the dashboard.
+drift shows in the dashboard. On val/test, where the dataset has boxes and parts, also
+where the transformers look (``stnrepro.attention``): ``{stage}/st{i}/iou`` with the bird
+box, ``hit_center``, ``hit_head``, ``hit_body`` and ``hit_<part>`` rates.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from stnrepro.attention import AttentionMetrics, datamodule_part_names
 from stnrepro.errors import ConfigError, StnreproError
 from stnrepro.models.spatial_transformer import outside_fraction
 from stnrepro.models.st_cnn import STCNN
@@ -148,6 +151,11 @@ class STCNNModule(pl.LightningModule):
         metrics: MetricCollection = getattr(self, f"{stage}_metrics")
         metrics.update(out.logits.detach(), batch["label"])
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        if out.theta is not None and stage != "train":
+            # Boxes and parts are used for evaluation only, never for the loss.
+            attention: AttentionMetrics | None = getattr(self, f"{stage}_attention", None)
+            if attention is not None:
+                attention.update(out.theta.detach(), batch["bbox"], batch["parts"])
         if out.theta is not None:
             if stage == "train" and not torch.isfinite(out.theta).all():
                 raise DivergenceError(
@@ -158,12 +166,26 @@ class STCNNModule(pl.LightningModule):
             getattr(self, f"{stage}_theta").update(out.theta)
         return loss
 
+    def setup(self, stage: str) -> None:
+        """Attention metrics need the dataset's part names, known once data is attached."""
+        n = self.hparams.num_transformers
+        if not n or hasattr(self, "test_attention"):
+            return
+        names = datamodule_part_names(getattr(self.trainer, "datamodule", None))
+        for s in ("val", "test"):
+            setattr(self, f"{s}_attention", AttentionMetrics(n, names).to(self.device))
+
     def _log_theta(self, stage: str) -> None:
         stats: ThetaStats | None = getattr(self, f"{stage}_theta", None)
         if stats is not None:
             if stats.update_called:
                 self.log_dict({f"{stage}/{k}": v for k, v in stats.compute().items()})
             stats.reset()
+        attention: AttentionMetrics | None = getattr(self, f"{stage}_attention", None)
+        if attention is not None:
+            if attention.update_called:
+                self.log_dict({f"{stage}/{k}": v for k, v in attention.compute().items()})
+            attention.reset()
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")
