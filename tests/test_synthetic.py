@@ -1,0 +1,419 @@
+"""Synthetic CUB-layout dataset: format, determinism, geometry, caching, CLI (issue 3)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import itertools
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stnrepro.data import synth_draw, synthetic
+from stnrepro.data.cub import CUBIndex
+from stnrepro.data.synthetic import (
+    PRESETS,
+    SynthBirdsDataModule,
+    ensure_generated,
+    folder_name,
+    generate,
+    is_complete,
+    make_settings,
+)
+from stnrepro.errors import ConfigError, DataError
+
+REPO = Path(__file__).resolve().parents[1]
+
+# a few tiny images: enough to exercise every code path in well under a second
+SMALL = {"num_classes": 4, "images_per_class": 6, "image_width": 96, "image_height": 72}
+
+
+def _small(**kw):
+    return make_settings("synth_birds_tiny", **{**SMALL, **kw})
+
+
+def _tree_hash(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _dm(cache_dir: Path, **kw) -> SynthBirdsDataModule:
+    args = {
+        "preset": "synth_birds_tiny",
+        "cache_dir": str(cache_dir),
+        "image_size": 64,
+        "batch_size": 8,
+        "num_workers": 0,
+        "pin_memory": False,
+        "persistent_workers": False,
+        "gen_progress": False,
+        "gen_workers": 1,
+    }
+    return SynthBirdsDataModule(**{**args, **kw})
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[SynthBirdsDataModule, CUBIndex]:
+    """The real synth_birds_tiny preset, generated once through the data module."""
+    dm = _dm(tmp_path_factory.mktemp("cache"), gen_workers=2)
+    dm.prepare_data()
+    return dm, CUBIndex.load(dm.root)
+
+
+def test_tiny_preset_loads_through_cub_datamodule(tiny):
+    dm, index = tiny
+    s = PRESETS["synth_birds_tiny"]
+    assert index.num_classes == s["num_classes"] == dm.num_classes
+    assert index.num_images == s["num_classes"] * s["images_per_class"]
+    assert index.part_names == list(synth_draw.PART_NAMES)
+    assert index.bboxes is not None and index.parts is not None
+    assert Path(dm.root).name == folder_name(dm.settings)
+    assert Path(dm.root).name.startswith("synth_birds_tiny-v")
+    assert "seed0" in Path(dm.root).name
+    readme = (Path(dm.root) / "README.md").read_text()
+    assert "seed 0" in readme and "synth_birds_tiny" in readme and "version" in readme
+
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (8, 3, 64, 64)
+    assert batch["label"].min() >= 0 and batch["label"].max() < dm.num_classes
+    assert batch["parts"].shape[1:] == (len(synth_draw.PART_NAMES), 3)
+    test_batch = next(iter(dm.test_dataloader()))
+    assert test_batch["bbox"].shape == (8, 4)
+
+
+def test_boxes_inside_image_and_contain_visible_parts(tiny):
+    _, index = tiny
+    assert index.bboxes is not None and index.parts is not None
+    names = index.part_names
+    for row in range(index.num_images):
+        with Image.open(index.image_path(row)) as im:
+            w, h = im.size
+            assert im.format == "JPEG" and im.mode == "RGB"
+        x, y, bw, bh = index.bboxes[row].tolist()
+        assert 0 <= x and 0 <= y and bw > 0 and bh > 0
+        assert x + bw <= w and y + bh <= h
+        # CUB-like share of the image (design: 10-60% of the area)
+        assert 0.05 <= bw * bh / (w * h) <= 0.65
+        parts = index.parts[row]
+        vis = parts[:, 2] == 1
+        assert np.all((parts[vis, 0] >= x) & (parts[vis, 0] <= x + bw))
+        assert np.all((parts[vis, 1] >= y) & (parts[vis, 1] <= y + bh))
+        assert np.all(parts[~vis, :2] == 0)  # CUB convention for invisible parts
+        for side_part in ("eye", "wing"):  # the far side is occluded
+            left, right = names.index("left_" + side_part), names.index("right_" + side_part)
+            assert not (vis[left] and vis[right])
+        assert vis.sum() >= 3  # foreground leaves hide a few parts at most
+    # both facing directions occur, so both sides' parts are used
+    left_eye = index.parts[:, names.index("left_eye"), 2]
+    assert 0 < left_eye.mean() < 1
+    # foreground leaves occasionally hide a near-side part (always-present parts: 8 of 10)
+    near_visible = index.parts[:, :, 2].sum(1)
+    assert (near_visible < len(names) - 2).any() and (near_visible == len(names) - 2).mean() > 0.6
+
+
+def test_images_vary_in_size_like_cub(tiny):
+    _, index = tiny
+    sizes = set()
+    for row in range(0, index.num_images, 7):
+        with Image.open(index.image_path(row)) as im:
+            sizes.add(im.size)
+    assert len(sizes) > 5
+    assert any(w < h for w, h in sizes) and any(w > h for w, h in sizes)
+
+
+def test_class_balance_and_split_sizes(tiny):
+    dm, index = tiny
+    s = dm.settings
+    counts = np.bincount(index.labels, minlength=s.num_classes)
+    assert counts.tolist() == [s.images_per_class] * s.num_classes
+    train_counts = np.bincount(index.labels[index.is_train], minlength=s.num_classes)
+    assert train_counts.tolist() == [s.num_train_per_class] * s.num_classes
+    assert s.num_train_per_class == round(s.train_fraction * s.images_per_class)
+    # the split is random within a class, not "first half"
+    first = index.is_train[index.labels == 0]
+    assert not (first[: s.num_train_per_class].all() and not first[s.num_train_per_class :].any())
+
+
+def test_generation_is_deterministic_across_worker_counts(tmp_path):
+    s = _small()
+    a = generate(s, tmp_path / "a", workers=1, progress=False)
+    b = generate(s, tmp_path / "b", workers=2, progress=False)
+    ha, hb = _tree_hash(a), _tree_hash(b)
+    assert ha == hb
+    assert sum(k.endswith(".jpg") for k in ha) == s.num_images
+    c = generate(_small(gen_seed=1), tmp_path / "c", workers=1, progress=False)
+    assert _tree_hash(c) != ha
+
+
+# Annotations depend only on the numpy Generator streams and exact arithmetic (no libm, no
+# Pillow), so they must match on every machine; JPEG bytes also need the same Pillow/libjpeg.
+GOLDEN_INDEX_SHA256 = "fad5ad241fecb1c8bfacb27e4452fabf97b0d415e8b09b47f6188b1d63cfaf1b"
+
+
+def test_index_files_match_golden_hash(tmp_path):
+    root = generate(_small(), tmp_path / "g", workers=1, progress=False)
+    digest = hashlib.sha256()
+    for name in (
+        "images.txt",
+        "classes.txt",
+        "image_class_labels.txt",
+        "train_test_split.txt",
+        "bounding_boxes.txt",
+        "parts/part_locs.txt",
+    ):
+        digest.update((root / name).read_bytes())
+    assert digest.hexdigest() == GOLDEN_INDEX_SHA256, (
+        "generator output changed: if intended, bump GENERATOR_VERSION and update the hash"
+    )
+
+
+def test_folder_name_encodes_settings():
+    base = _small()
+    assert folder_name(base) == folder_name(_small())
+    names = {
+        folder_name(base),
+        folder_name(_small(gen_seed=1)),
+        folder_name(_small(images_per_class=8)),
+        folder_name(_small(max_rotation_deg=10.0)),
+        folder_name(make_settings("synth_birds")),
+    }
+    assert len(names) == 5
+    assert folder_name(_small(gen_seed=3)).startswith(
+        f"synth_birds_tiny-v{synthetic.GENERATOR_VERSION}-seed3-"
+    )
+
+
+def test_auto_generation_on_first_use_then_reuse(tmp_path, monkeypatch):
+    calls = []
+    real = synthetic.generate
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "generate", counting)
+    cache = tmp_path / "cache"
+    dm = _dm(cache, **SMALL)
+    assert not Path(dm.root).exists()
+    dm.prepare_data()
+    assert len(calls) == 1 and is_complete(dm.root, dm.settings)
+    marker = Path(dm.root) / synthetic.COMPLETE_MARKER
+    jpg = next(Path(dm.root, "images").rglob("*.jpg"))
+    stamps = (marker.stat().st_mtime_ns, jpg.stat().st_mtime_ns)
+
+    again = _dm(cache, **SMALL)
+    again.prepare_data()
+    again.setup()
+    assert again.root == dm.root and len(calls) == 1
+    assert (marker.stat().st_mtime_ns, jpg.stat().st_mtime_ns) == stamps
+    # only the dataset folder and its lock file: no leftovers
+    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == [
+        Path(dm.root).name
+    ]
+
+    # validate() alone (code that checks the data before fit) also generates
+    fresh = _dm(tmp_path / "other", **SMALL)
+    assert fresh.validate().num_images == dm.settings.num_images
+    # a changed seed is a different folder next to the first one
+    seeded = _dm(cache, gen_seed=5, **SMALL)
+    assert seeded.root != dm.root
+    seeded.prepare_data()
+    assert len(calls) == 3 and is_complete(dm.root) and is_complete(seeded.root)
+
+
+def test_interrupted_generation_leaves_nothing_complete(tmp_path, monkeypatch):
+    s = _small()
+    real = synth_draw.render_chunk
+    done = []
+
+    def flaky(args):
+        if done:
+            raise KeyboardInterrupt  # "Ctrl-C" midway through the images
+        done.append(1)
+        return real(args)
+
+    monkeypatch.setattr(synth_draw, "render_chunk", flaky)
+    cache = tmp_path / "cache"
+    with pytest.raises(KeyboardInterrupt):
+        ensure_generated(s, cache, workers=1, progress=False)
+    assert done  # it did write some images before failing
+    leftovers = [p for p in cache.iterdir() if not p.name.endswith(".lock")]
+    assert leftovers == []
+    monkeypatch.setattr(synth_draw, "render_chunk", real)
+
+    # a run killed hard leaves its temporary folder: never mistaken for data, cleaned next time
+    stale = cache / f".{folder_name(s)}.tmp-999999-deadbeef"
+    (stale / "images").mkdir(parents=True)
+    (stale / "images.txt").write_text("1 x.jpg\n")
+    root = ensure_generated(s, cache, workers=1, progress=False)
+    assert is_complete(root, s) and not stale.exists()
+    assert CUBIndex.load(root).num_images == s.num_images
+
+
+def test_concurrent_first_use_generates_once(tmp_path, monkeypatch):
+    calls = []
+    real = synthetic.generate
+
+    def slow(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "generate", slow)
+    s = _small()
+    roots: list[Path] = []
+    errors: list[BaseException] = []
+
+    def use():
+        try:
+            roots.append(ensure_generated(s, tmp_path, workers=1, progress=False))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=use) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(calls) == 1
+    assert roots[0] == roots[1] and is_complete(roots[0], s)
+
+
+def test_existing_incomplete_folder_is_refused_not_overwritten(tmp_path):
+    s = _small()
+    root = tmp_path / folder_name(s)
+    root.mkdir()
+    (root / "mine.txt").write_text("user data")
+    with pytest.raises(DataError, match="not a complete synthetic dataset"):
+        ensure_generated(s, tmp_path, workers=1, progress=False)
+    assert (root / "mine.txt").read_text() == "user data"
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.preset='nope': expected one of"):
+        make_settings("nope")
+    with pytest.raises(ConfigError, match=r"data\.num_classes=0: expected a positive integer"):
+        make_settings("synth_birds_tiny", num_classes=0)
+    with pytest.raises(ConfigError, match=r"data\.images_per_class=1"):
+        make_settings("synth_birds_tiny", images_per_class=1)
+    with pytest.raises(ConfigError, match=r"data\.train_fraction"):
+        make_settings("synth_birds_tiny", train_fraction=1.0)
+    with pytest.raises(ConfigError, match=r"data\.image_width='big': expected an integer"):
+        make_settings("synth_birds_tiny", image_width="big")
+    with pytest.raises(ConfigError, match=r"data\.root=.*expected null"):
+        _dm(tmp_path, root=str(tmp_path / "elsewhere"))
+    dm = _dm(tmp_path, **SMALL)
+    assert _dm(tmp_path, root=dm.root, **SMALL).root == dm.root  # the computed root is fine
+    with pytest.raises(ConfigError) as info:
+        make_settings("synth_birds", min_bird_area=0.7, max_bird_area=0.2)
+    assert "\n" not in str(info.value) and "min_bird_area" in str(info.value)
+
+
+def test_class_structure_is_fine_grained():
+    classes = synth_draw.make_classes(200, 4, 0)
+    assert len(classes) == 200 and [c.index for c in classes] == list(range(200))
+    keys = {(c.body_colour, c.beak_colour, c.attrs) for c in classes}
+    assert len(keys) == 200  # all distinct
+    assert len({c.name for c in classes}) == 200
+
+    def diff(a, b):
+        return sum(x != y for x, y in zip(a.attrs, b.attrs, strict=True))
+
+    # siblings (same genus) differ in few small-region attributes
+    for a, b in itertools.combinations(classes, 2):
+        if a.genus == b.genus:
+            assert 1 <= diff(a, b) <= 4
+    nearest = [min(diff(a, b) for b in classes if b is not a) for a in classes]
+    assert np.mean(np.array(nearest) <= 2) > 0.9
+    # body colour (the large-area cue) is shared by many classes
+    per_colour = np.unique([c.body_colour for c in classes], return_counts=True)[1]
+    assert len(per_colour) == len(synth_draw.BODY_COLOURS) and per_colour.min() >= 16
+    # deterministic for a seed, different for another
+    assert synth_draw.make_classes(200, 4, 0) == classes
+    assert synth_draw.make_classes(200, 4, 1) != classes
+
+
+def test_exact_geometry_helpers():
+    # tan(15 deg) = 2 - sqrt(3); the pure-arithmetic series must match to the last bits
+    assert synth_draw.tan_half_deg(30.0) == pytest.approx(2 - 3**0.5, rel=1e-15)
+    circle = synth_draw._CIRCLE
+    assert np.allclose(np.hypot(circle[:, 0], circle[:, 1]), 1.0, atol=1e-15)
+    angles = np.arctan2(circle[:, 1], circle[:, 0]) % (2 * np.pi)
+    assert np.all(np.diff(angles) > 0)  # ordered, so polygons are simple
+
+
+@pytest.mark.parametrize("name", ["synth_birds", "synth_birds_tiny"])
+def test_hydra_configs_match_presets(name, tmp_path):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.load(REPO / "conf" / "data" / f"{name}.yaml")
+    assert data.root is None and data.preset == name and data.name == name
+    for key, value in PRESETS[name].items():
+        assert data[key] == value, key
+    cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path)}, "data": data})
+    dm = instantiate(cfg.data)
+    assert isinstance(dm, SynthBirdsDataModule)
+    assert dm.num_classes == PRESETS[name]["num_classes"] and dm.name == name
+    assert Path(dm.root).parent == tmp_path and not Path(dm.root).exists()  # lazy
+
+
+def _cli():
+    spec = importlib.util.spec_from_file_location(
+        "make_synthetic", REPO / "scripts/make_synthetic.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_cli_writes_dataset_and_rejects_bad_input(tmp_path, capsys):
+    cli = _cli()
+    out = tmp_path / "ds"
+    args = ["--preset", "synth_birds_tiny", "--out", str(out), "--quiet", "--workers", "1"]
+    small = ["--num-classes", "3", "--images-per-class", "4", "--width", "64", "--height", "48"]
+    assert cli.main(args + small) == 0
+    index = CUBIndex.load(out)
+    assert index.num_images == 12 and index.num_classes == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temporary leftovers
+    assert cli.main(args + small) == 0  # complete with the same settings: reused
+    assert "already generated" in capsys.readouterr().out
+
+    assert cli.main(args + small + ["--seed", "4"]) == 2  # exists with other settings
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+
+    custom = tmp_path / "custom"
+    more = ["--set", "max_rotation_deg=10", "--set", "size_jitter=0"]
+    assert cli.main([*args[:3], str(custom), *args[4:], *small, *more]) == 0
+    settings = json.loads((custom / "synth_settings.json").read_text())
+    assert settings["max_rotation_deg"] == 10.0 and settings["size_jitter"] == 0.0
+    shutil.rmtree(custom)
+    capsys.readouterr()
+
+    x = str(tmp_path / "x")
+    base = ["--preset", "synth_birds_tiny", "--out", x]
+    for bad in (
+        ["--preset", "nope", "--out", x],
+        ["--preset", "synth_birds_tiny"],
+        [*base, "--set", "wingspan=3"],
+        [*base, "--set", "size_jitter"],
+        [*base, "--num-classes", "2", "--set", "num_classes=3"],
+        [*base, "--num-classes", "0"],
+        [*base, "--workers", "0"],
+    ):
+        assert cli.main(bad) == 2, bad
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "x").exists()
+    assert os.listdir(tmp_path) == ["ds"]
