@@ -2,6 +2,12 @@
 
     python scripts/make_table.py --runs multirun/2026-11-22/10-00-00
     python scripts/make_table.py --wandb ENTITY/PROJECT --group sweep-x --out results/
+    python scripts/make_table.py --runs multirun/... --with-attention
+
+``--with-attention`` adds where each transformer of the ST rows looks (IoU with the bird box,
+centre/head/body hit rates, from ``<stage>/st{i}/...`` of the same runs; the stage follows
+``--metric``): a second table in the Markdown, LaTeX and terminal output and ``st{i}_*``
+columns in the CSV (see ``stnrepro.results.table``).
 
 Writes ``<name>.md/.csv/.tex/.png`` to ``--out`` and prints the table. Any problem with
 the records is one line on stderr and exit status 2, with nothing written.
@@ -40,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="use only pretrained (or, with --no-pretrained, from-scratch) runs",
     )
     parser.add_argument("--metric", default="test/acc", help="metric key (default: test/acc)")
+    parser.add_argument(
+        "--with-attention",
+        action="store_true",
+        help="also tabulate where the transformers look (IoU with the bird box, centre/head/"
+        "body hit rates per transformer; keys <stage>/st{i}/..., stage from --metric)",
+    )
     return parser
 
 
@@ -65,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dataset=args.dataset,
             backbone=args.backbone,
             pretrained=args.pretrained,
+            attention=args.with_attention,
         )
         paths = write_table(table, args.out, args.name or default_table_name(table))
     except StnreproError as exc:

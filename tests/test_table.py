@@ -47,9 +47,14 @@ def make_record(
     dataset: str = "cub",
     backbone: str = "inception_v3",
     crop_size: int = 224,
+    extra_metrics: dict[str, float | None] | None = None,
 ) -> dict[str, Any]:
     """A record shaped like the ones ``stnrepro.run_record`` writes."""
     model = "CNN" if nt == 0 else f"{nt}xST"
+    metrics: dict[str, float | None] = (
+        {} if acc is None else {"val/acc": acc, "test/acc": acc, "test/loss": 0.5}
+    )
+    metrics.update(extra_metrics or {})
     return {
         "schema_version": 1,
         "status": status,
@@ -67,7 +72,7 @@ def make_record(
             "transform": "attention",
             "seed": seed,
         },
-        "metrics": {} if acc is None else {"val/acc": acc, "test/acc": acc, "test/loss": 0.5},
+        "metrics": metrics,
         "logger": {"name": "none", "run_id": None, "project": None, "group": None, "dir": None},
         "epochs": 30,
         "wall_time_s": 12.5,
@@ -470,6 +475,210 @@ def test_bad_table_name_is_refused(runs: Path, tmp_path: Path) -> None:
 def test_cli_wandb_needs_group(make_table: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
     assert make_table.main(["--wandb", "me/stnrepro"]) == 2
     assert "--wandb needs --group" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- attention
+
+AttentionValues = tuple[float | None, float | None, float | None, float | None]
+
+
+def st_metrics(
+    *transformers: AttentionValues | None, stage: str = "test"
+) -> dict[str, float | None]:
+    """``{stage}/st{i}/iou, hit_center, hit_head, hit_body`` (+ a part rate); None = absent."""
+    out: dict[str, float | None] = {}
+    for i, values in enumerate(transformers):
+        if values is None:
+            continue
+        for key, value in zip(("iou", "hit_center", "hit_head", "hit_body"), values, strict=True):
+            out[f"{stage}/st{i}/{key}"] = value
+        out[f"{stage}/st{i}/hit_beak"] = 0.5  # per-part rates exist but are not tabulated
+    return out
+
+
+@pytest.fixture
+def attention_runs(tmp_path: Path) -> Path:
+    """The ``runs`` layout, ST runs with attention metrics (see EXPECTED_ATTENTION_MD)."""
+    root = tmp_path / "att"
+    write_record(root, "sweep/0", make_record(seed=0, acc=0.810))
+    write_record(root, "sweep/1", make_record(seed=1, acc=0.822))
+    write_record(root, "sweep/2", make_record(seed=2, status="failed", acc=None))
+    st2_s0 = st_metrics((0.40, 0.90, 0.80, 0.30), (0.35, 0.60, 0.20, 0.70))
+    st2_s0 |= st_metrics((0.10, 0.10, 0.10, 0.10), (0.10, 0.10, 0.10, 0.10), stage="val")
+    write_record(
+        root,
+        "st2-224-s0",
+        make_record(
+            nt=2, seed=0, acc=0.830, finished_at="2026-11-22T11:00:00Z", extra_metrics=st2_s0
+        ),
+    )
+    # The older rerun of seed 0 is dropped: its (absurd) attention must not show up.
+    write_record(
+        root,
+        "st2-224-s0-b",
+        make_record(
+            nt=2,
+            seed=0,
+            acc=0.800,
+            finished_at="2026-11-22T09:00:00Z",
+            extra_metrics=st_metrics((0.99, 0.99, 0.99, 0.99), (0.99, 0.99, 0.99, 0.99)),
+        ),
+    )
+    # Seed 1: no visible head part was counted for st0 -> hit_head is null.
+    st2_s1 = st_metrics((0.42, 0.94, None, 0.34), (0.37, 0.64, 0.26, 0.74))
+    st2_s1 |= st_metrics((0.20, 0.30, 0.40, 0.50), (0.20, 0.30, 0.40, 0.50), stage="val")
+    write_record(root, "st2-224-s1", make_record(nt=2, seed=1, acc=0.836, extra_metrics=st2_s1))
+    write_record(root, "st2-448-s0", make_record(size=448, nt=2, status="running", acc=None))
+    write_record(root, "cnn448-s0", make_record(size=448, acc=0.815))
+    # 4xST: one seed; st3 lacks hit_body altogether (a missing key, not a null).
+    st4 = st_metrics(
+        (0.512, 0.873, 0.655, 0.401),
+        (0.281, 0.5, 0.25, 0.75),
+        (0.333, 0.667, 0.9, 0.1),
+        (0.2, 0.3, 0.4, 0.6),
+    )
+    del st4["test/st3/hit_body"]
+    write_record(root, "st4-224-s0", make_record(nt=4, acc=0.840, extra_metrics=st4))
+    return root
+
+
+ATTENTION_HEADER = """\
+- Per transformer i of each ST row, from the runs the row's accuracy uses: \
+{p}/st{{i}}/iou (mean IoU of its crop with the bird box), \
+{p}/st{{i}}/hit_center (bird-box centre inside the crop), \
+{p}/st{{i}}/hit_head and hit_body (visible head / body part points inside the crop), in %
+- Mean ± sample std (n-1) over runs, std omitted for a single value; only non-null values \
+count (null = nothing could be counted; missing metrics are skipped too): a cell from fewer \
+runs than the row's n says (n=k), — when there is none
+- CNN rows have no transformers and are not listed
+"""
+
+EXPECTED_ATTENTION_MD = (
+    """
+## Where the transformers look (test set)
+
+"""
+    + ATTENTION_HEADER.format(p="test")
+    + """
+| Method | ST | IoU (%) | centre hit (%) | head hit (%) | body hit (%) | n |
+|:---|---:|---:|---:|---:|---:|---:|
+| 2xST-CNN 224px | st0 | 41.0 ± 1.4 | 92.0 ± 2.8 | 80.0 (n=1) | 32.0 ± 2.8 | 2 |
+| 2xST-CNN 224px | st1 | 36.0 ± 1.4 | 62.0 ± 2.8 | 23.0 ± 4.2 | 72.0 ± 2.8 | 2 |
+| 2xST-CNN 448px | — | — | — | — | — | 0 |
+| 4xST-CNN 448px | — | — | — | — | — | 0 |
+| ***Extra cells (not in the paper)*** | | | | | | |
+| 4xST-CNN 224px | st0 | 51.2 | 87.3 | 65.5 | 40.1 | 1 |
+| 4xST-CNN 224px | st1 | 28.1 | 50.0 | 25.0 | 75.0 | 1 |
+| 4xST-CNN 224px | st2 | 33.3 | 66.7 | 90.0 | 10.0 | 1 |
+| 4xST-CNN 224px | st3 | 20.0 | 30.0 | 40.0 | — | 1 |
+"""
+)
+
+
+def test_attention_markdown_is_the_documented_table(attention_runs: Path) -> None:
+    table = aggregate(load_records(attention_runs), dataset="cub", attention=True)
+    assert render_markdown(table) == EXPECTED_MD + EXPECTED_ATTENTION_MD
+
+
+def test_without_attention_the_outputs_are_unchanged(attention_runs: Path, runs: Path) -> None:
+    with_metrics = aggregate(load_records(attention_runs), dataset="cub")
+    plain = aggregate(load_records(runs), dataset="cub")
+    assert render_markdown(with_metrics) == EXPECTED_MD
+    assert render_csv(with_metrics) == render_csv(plain)
+    assert render_latex(with_metrics) == render_latex(plain)
+    on = aggregate(load_records(attention_runs), dataset="cub", attention=True)
+    assert render_markdown(on, attention=False) == EXPECTED_MD
+    assert render_csv(on, attention=False) == render_csv(plain)
+    assert render_latex(on, attention=False) == render_latex(plain)
+
+
+def test_attention_follows_the_metric_stage(attention_runs: Path) -> None:
+    table = aggregate(load_records(attention_runs), "val/acc", "cub", attention=True)
+    md = render_markdown(table)
+    assert "\n## Where the transformers look (validation set)\n" in md
+    assert ATTENTION_HEADER.format(p="val") in md
+    assert (
+        "| 2xST-CNN 224px | st0 | 15.0 ± 7.1 | 20.0 ± 14.1 | 25.0 ± 21.2 | 30.0 ± 28.3 | 2 |" in md
+    )
+    # The 4xST run has no val/st* keys: every cell is missing, not zero.
+    assert "| 4xST-CNN 224px | st3 | — | — | — | — | 1 |" in md
+
+
+def test_attention_csv_columns(attention_runs: Path) -> None:
+    table = aggregate(load_records(attention_runs), dataset="cub", attention=True)
+    rows = list(csv.DictReader(io.StringIO(render_csv(table))))
+    keys = ("iou", "hit_center", "hit_head", "hit_body")
+    extra = [f"st{i}_{m}_{p}" for i in range(4) for m in keys for p in ("mean", "std", "n")]
+    assert list(rows[0]) == [*table_mod.CSV_COLUMNS, *extra]
+    by_label = {r["row"]: r for r in rows}
+    st2 = by_label["2xST-CNN 224px"]
+    assert (st2["st0_iou_mean"], st2["st0_iou_std"], st2["st0_iou_n"]) == ("41.0000", "1.4142", "2")
+    assert (st2["st0_hit_head_mean"], st2["st0_hit_head_std"], st2["st0_hit_head_n"]) == (
+        "80.0000",
+        "",
+        "1",
+    )
+    assert st2["st2_iou_mean"] == st2["st2_iou_n"] == ""  # a 2xST row has no st2
+    st4 = by_label["4xST-CNN 224px"]
+    assert (st4["st3_hit_body_mean"], st4["st3_hit_body_n"]) == ("", "0")
+    assert all(v == "" for k, v in by_label["CNN 224px"].items() if k in extra)
+    assert all(v == "" for k, v in by_label["2xST-CNN 448px"].items() if k in extra)
+
+
+def test_attention_latex_is_a_second_booktabs_tabular(attention_runs: Path) -> None:
+    table = aggregate(load_records(attention_runs), dataset="cub", attention=True)
+    tex = render_latex(table)
+    assert tex.startswith(render_latex(table, attention=False))
+    assert tex.count(r"\begin{tabular}") == tex.count(r"\bottomrule") == 2
+    assert "% Where the transformers look (test set)\n" in tex
+    assert (
+        r"Method & ST & IoU (\%) & centre hit (\%) & head hit (\%) & body hit (\%) & $n$ \\" in tex
+    )
+    assert r"2xST-CNN 224px & st0 & 41.0 $\pm$ 1.4 & 92.0 $\pm$ 2.8 & 80.0 ($n$=1) & " in tex
+    assert r"\multicolumn{7}{l}{\emph{Extra cells (not in the paper)}} \\" in tex
+    assert r"4xST-CNN 224px & st3 & 20.0 & 30.0 & 40.0 & --- & 1 \\" in tex
+
+
+def test_attention_values_outside_0_1_are_refused(tmp_path: Path) -> None:
+    path = write_record(
+        tmp_path,
+        "a",
+        make_record(nt=2, extra_metrics=st_metrics((41.0, 0.9, 0.8, 0.3), (0.3, 0.6, 0.2, 0.7))),
+    )
+    assert aggregate(load_records(tmp_path)).attention is False  # not read without the flag
+    with pytest.raises(TableError, match=rf"^{path}: metric 'test/st0/iou' is 41.0; .*\[0, 1\]"):
+        aggregate(load_records(tmp_path), attention=True)
+
+
+def test_attention_without_st_rows_says_so(tmp_path: Path) -> None:
+    write_record(tmp_path, "a", make_record())
+    paper = load_paper_table("method,source,input_px,num_transformers,top1_acc\nCNN,T,224,0,80\n")
+    table = aggregate(load_records(tmp_path), paper=paper, attention=True)
+    assert render_markdown(table).endswith("listed\n\nNo ST rows in this table.\n")
+    assert list(csv.reader(io.StringIO(render_csv(table))))[0] == list(table_mod.CSV_COLUMNS)
+
+
+def test_cli_with_attention_writes_and_prints_it(
+    attention_runs: Path,
+    tmp_path: Path,
+    make_table: ModuleType,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "out"
+    argv = ["--runs", str(attention_runs), "--dataset", "cub", "--out", str(out)]
+    assert make_table.main(argv) == 0
+    assert (out / "cub_table.md").read_text(encoding="utf-8") == EXPECTED_MD
+    assert "Where the transformers look" not in capsys.readouterr().out
+
+    assert make_table.main([*argv, "--with-attention"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
+    md = (out / "cub_table.md").read_text(encoding="utf-8")
+    assert md == EXPECTED_MD + EXPECTED_ATTENTION_MD
+    assert (out / "cub_table.tex").read_text(encoding="utf-8").count(r"\begin{tabular}") == 2
+    assert "st3_hit_body_mean" in (out / "cub_table.csv").read_text(encoding="utf-8")
+    printed = capsys.readouterr().out
+    assert "Where the transformers look (test set), in %" in printed
+    assert "80.0 (n=1)" in printed and "41.0 ± 1.4" in printed
 
 
 # --------------------------------------------------------------------------- W&B conversion

@@ -34,6 +34,31 @@ CSV columns (one line per table row, same order as the Markdown)::
     delta             ours_mean - paper_top1 in percentage points (top-1 metrics only)
 
 Floats in the CSV have 4 decimals; the Markdown/LaTeX show 1 decimal for percentages.
+
+Attention (``aggregate(..., attention=True)``, ``make_table.py --with-attention``): where the
+transformers of each ST row look, from the same used runs as the row's accuracy. The metric
+keys follow the table metric's stage (``test/acc`` -> ``test/st{i}/...``, ``val/acc`` ->
+``val/st{i}/...``): ``iou`` (mean IoU of transformer i's crop with the bird box),
+``hit_center``, ``hit_head`` and ``hit_body`` (rates), all fractions in [0, 1] shown in %.
+Per (row, transformer i < num_transformers): mean ± sample std over the row's runs of the
+*non-null* values only (a null or NaN value, i.e. nothing could be counted, and a missing
+key are skipped; a cell with fewer values than the row's n says ``(n=k)``; none gives "—").
+CNN rows have no transformers and get no attention lines (empty CSV columns).
+
+* Markdown: a second table "Where the transformers look (<stage> set)", one line per
+  (ST row, transformer); an ST row without used runs gets one line of "—";
+* LaTeX: a second booktabs ``tabular`` after the first, same lines;
+* terminal: a second table under the first;
+* CSV: the same one line per table row, with ``K = max num_transformers`` of the table's rows
+  and these columns appended after ``delta``, all empty for prior-work and CNN rows, ST rows
+  without used runs, and i >= the row's num_transformers::
+
+      st{i}_{m}_mean    mean in %, for i in 0..K-1 and m in iou, hit_center, hit_head, hit_body
+                        (empty when no run has a non-null value)
+      st{i}_{m}_std     sample std (n-1) in % (empty when fewer than 2 values)
+      st{i}_{m}_n       how many of the row's runs had a non-null value (0 when none)
+
+Without ``attention`` all outputs are exactly as without this feature.
 """
 
 from __future__ import annotations
@@ -62,12 +87,20 @@ __all__ = [
     "GROUP_EXTRA",
     "GROUP_PAPER",
     "GROUP_PRIOR",
+    "ATTENTION_METRICS",
+    "AttentionLine",
+    "AttentionStats",
     "CellStats",
     "PaperRow",
     "TableData",
     "TableError",
     "TableRow",
     "aggregate",
+    "attention_columns",
+    "attention_header_lines",
+    "attention_lines",
+    "attention_prefix",
+    "attention_title",
     "default_table_name",
     "header_lines",
     "load_paper_table",
@@ -105,6 +138,16 @@ CSV_COLUMNS = (
     "duplicates",
     "delta",
 )
+
+
+# Attention metrics per transformer: (key suffix of ``{stage}/st{i}/<key>``, column title).
+ATTENTION_METRICS = (
+    ("iou", "IoU (%)"),
+    ("hit_center", "centre hit (%)"),
+    ("hit_head", "head hit (%)"),
+    ("hit_body", "body hit (%)"),
+)
+_STAGE_WORDS = {"test": "test set", "val": "validation set", "train": "training set"}
 
 
 class TableError(StnreproError):
@@ -196,6 +239,7 @@ class TableData:
     n_failed: int
     n_unfinished: int
     n_duplicates: int
+    attention: bool = False
 
     def delta(self, row: TableRow) -> float | None:
         """Ours - paper in percentage points, where that comparison means something."""
@@ -203,6 +247,45 @@ class TableData:
             return None
         mean = row.stats.mean
         return None if mean is None else mean - row.paper_value
+
+
+@dataclass(frozen=True)
+class AttentionStats:
+    """One attention metric of one transformer over a row's runs; ``values`` in %.
+
+    ``values`` holds only the non-null values, so ``n`` may be below ``n_runs``.
+    """
+
+    values: tuple[float, ...]
+    n_runs: int
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        return statistics.stdev(self.values) if len(self.values) >= 2 else None
+
+
+@dataclass(frozen=True)
+class AttentionLine:
+    """One line of the attention table: transformer ``transformer`` of an ST row.
+
+    ``transformer`` is None (and ``stats`` empty) for an ST row without used runs.
+    """
+
+    row: TableRow
+    transformer: int | None
+    stats: tuple[AttentionStats, ...]
+
+    @property
+    def n_runs(self) -> int:
+        return self.row.stats.n if self.row.stats is not None else 0
 
 
 # --------------------------------------------------------------------------- paper table
@@ -401,8 +484,13 @@ def aggregate(
     backbone: str | None = None,
     pretrained: bool | None = None,
     paper: Sequence[PaperRow] | None = None,
+    attention: bool = False,
 ) -> TableData:
-    """Build the comparison table from run records (see the module docstring's rules)."""
+    """Build the comparison table from run records (see the module docstring's rules).
+
+    With ``attention`` the table also carries where the transformers look (see the module
+    docstring); attention values are validated here, so a bad one fails before any output.
+    """
     if not records:
         raise TableError("no run records to tabulate")
     paper_rows = list(paper) if paper is not None else load_paper_table()
@@ -470,7 +558,7 @@ def aggregate(
 
     first = picked[0].cell
     st_cells = [r.cell for r in picked if r.cell.num_transformers > 0]
-    return TableData(
+    table = TableData(
         dataset=first.dataset,
         backbone=first.backbone,
         pretrained=first.pretrained,
@@ -489,7 +577,118 @@ def aggregate(
         n_failed=n_failed,
         n_unfinished=n_unfinished,
         n_duplicates=n_duplicates,
+        attention=attention,
     )
+    if attention:
+        attention_lines(table)  # validate now: refuse before anything is rendered
+    return table
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def attention_prefix(metric: str) -> str:
+    """The stage of the attention keys, from the table metric: ``test/acc`` -> ``test/``."""
+    return metric.rsplit("/", 1)[0] + "/" if "/" in metric else ""
+
+
+def _attention_value(record: RunRecord, key: str) -> float | None:
+    """One attention value in %; None when null/NaN/missing (nothing could be counted)."""
+    value = record.metrics.get(key)
+    if value is None or math.isnan(value):
+        return None
+    if not 0.0 <= value <= 1.0:
+        raise TableError(
+            f"{record.source}: metric {key!r} is {value!r}; attention IoUs and hit rates "
+            "must be fractions in [0, 1]"
+        )
+    return value * 100.0
+
+
+def attention_lines(table: TableData) -> list[AttentionLine]:
+    """One line per (ST row, transformer), in table order; CNN and prior-work rows skipped."""
+    prefix = attention_prefix(table.metric)
+    lines: list[AttentionLine] = []
+    for row in table.rows:
+        if not row.num_transformers:  # prior work (None) and the CNN baseline (0)
+            continue
+        runs = row.stats.runs if row.stats is not None else ()
+        if not runs:
+            lines.append(AttentionLine(row, None, ()))
+            continue
+        for i in range(row.num_transformers):
+            stats = []
+            for key, _ in ATTENTION_METRICS:
+                name = f"{prefix}st{i}/{key}"
+                values = [v for r in runs if (v := _attention_value(r, name)) is not None]
+                stats.append(AttentionStats(tuple(values), len(runs)))
+            lines.append(AttentionLine(row, i, tuple(stats)))
+    return lines
+
+
+def _max_transformers(table: TableData) -> int:
+    return max((r.num_transformers or 0 for r in table.rows), default=0)
+
+
+def attention_columns(table: TableData) -> tuple[str, ...]:
+    """The CSV columns appended with attention (module docstring), for i < max transformers."""
+    return tuple(
+        f"st{i}_{key}_{part}"
+        for i in range(_max_transformers(table))
+        for key, _ in ATTENTION_METRICS
+        for part in ("mean", "std", "n")
+    )
+
+
+def attention_title(table: TableData) -> str:
+    """``Where the transformers look (test set)``; the stage follows the table metric."""
+    stage = attention_prefix(table.metric).rstrip("/")
+    where = _STAGE_WORDS.get(stage, f"{stage} metrics" if stage else "")
+    return "Where the transformers look" + (f" ({where})" if where else "")
+
+
+def attention_header_lines(table: TableData) -> list[str]:
+    """What the attention numbers are and how they were counted (plain text, no markup)."""
+    p = attention_prefix(table.metric)
+    return [
+        f"Per transformer i of each ST row, from the runs the row's accuracy uses: "
+        f"{p}st{{i}}/iou (mean IoU of its crop with the bird box), "
+        f"{p}st{{i}}/hit_center (bird-box centre inside the crop), "
+        f"{p}st{{i}}/hit_head and hit_body (visible head / body part points inside the crop), "
+        "in %",
+        "Mean ± sample std (n-1) over runs, std omitted for a single value; only non-null "
+        "values count (null = nothing could be counted; missing metrics are skipped too): "
+        "a cell from fewer runs than the row's n says (n=k), — when there is none",
+        "CNN rows have no transformers and are not listed",
+    ]
+
+
+def _with_attention(table: TableData, attention: bool | None) -> bool:
+    return table.attention if attention is None else attention
+
+
+def _attention_cell(stats: AttentionStats, pm: str, dash: str, n: str) -> str:
+    mean, std = stats.mean, stats.std
+    if mean is None:
+        return dash
+    text = f"{mean:.1f}" if std is None else f"{mean:.1f}{pm}{std:.1f}"
+    return text if stats.n == stats.n_runs else f"{text} ({n}={stats.n})"
+
+
+def _attention_columns_shown() -> tuple[str, ...]:
+    return ("Method", "ST", *(title for _, title in ATTENTION_METRICS), "n")
+
+
+def _attention_cells(line: AttentionLine, pm: str, dash: str, n: str = "n") -> list[str]:
+    """Display strings of one attention line; ``pm``/``dash``/``n`` for LaTeX's symbols."""
+    if line.transformer is None:
+        return [line.row.label, dash, *(dash for _ in ATTENTION_METRICS), str(line.n_runs)]
+    return [
+        line.row.label,
+        f"st{line.transformer}",
+        *(_attention_cell(s, pm, dash, n) for s in line.stats),
+        str(line.n_runs),
+    ]
 
 
 # --------------------------------------------------------------------------- formatting
@@ -578,8 +777,30 @@ def _md_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|")
 
 
-def render_markdown(table: TableData) -> str:
-    """Paper-layout Markdown: header facts, prior work, paper rows, then extra cells."""
+def _markdown_attention(table: TableData) -> list[str]:
+    out = ["", f"## {attention_title(table)}", ""]
+    out += [f"- {line}" for line in attention_header_lines(table)]
+    lines = attention_lines(table)
+    if not lines:
+        return [*out, "", "No ST rows in this table."]
+    cols = _attention_columns_shown()
+    out += ["", "| " + " | ".join(cols) + " |", "|:---|" + "---:|" * (len(cols) - 1)]
+    extra_started = False
+    for line in lines:
+        if line.row.group == GROUP_EXTRA and not extra_started:
+            extra_started = True
+            out.append(f"| ***{EXTRA_TITLE}*** |" + " |" * (len(cols) - 1))
+        cells = _attention_cells(line, " ± ", DASH)
+        out.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
+    return out
+
+
+def render_markdown(table: TableData, attention: bool | None = None) -> str:
+    """Paper-layout Markdown: header facts, prior work, paper rows, then extra cells.
+
+    ``attention`` (default: ``table.attention``) appends the "Where the transformers look"
+    table (module docstring).
+    """
     out = [f"# Comparison with {table.paper_source}", ""]
     out += [f"- {line}" for line in header_lines(table)]
     cols = _columns(table)
@@ -591,6 +812,8 @@ def render_markdown(table: TableData) -> str:
             out.append(f"| ***{EXTRA_TITLE}*** |" + " |" * (len(cols) - 1))
         cells = _cells(table, row, " ± ", DASH)
         out.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
+    if _with_attention(table, attention):
+        out += _markdown_attention(table)
     return "\n".join(out) + "\n"
 
 
@@ -602,13 +825,40 @@ def _fmt_csv(value: float | int | None) -> str:
     return f"{value + 0.0:.4f}"
 
 
-def render_csv(table: TableData) -> str:
-    """Machine-readable rows (columns in the module docstring); no header facts."""
+def _csv_attention(
+    table: TableData, row: TableRow, by_row: dict[int, dict[int, AttentionLine]]
+) -> list[str]:
+    lines = by_row.get(id(row), {})
+    out: list[str] = []
+    for i in range(_max_transformers(table)):
+        line = lines.get(i)
+        for j in range(len(ATTENTION_METRICS)):
+            s = line.stats[j] if line is not None else None
+            out += [
+                _fmt_csv(s.mean if s else None),
+                _fmt_csv(s.std if s else None),
+                _fmt_csv(s.n if s else None),
+            ]
+    return out
+
+
+def render_csv(table: TableData, attention: bool | None = None) -> str:
+    """Machine-readable rows (columns in the module docstring); no header facts.
+
+    ``attention`` (default: ``table.attention``) appends the ``st{i}_*`` columns.
+    """
+    with_attention = _with_attention(table, attention)
+    by_row: dict[int, dict[int, AttentionLine]] = defaultdict(dict)
+    if with_attention:
+        for line in attention_lines(table):
+            if line.transformer is not None:
+                by_row[id(line.row)][line.transformer] = line
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow(CSV_COLUMNS + (attention_columns(table) if with_attention else ()))
     for row in table.rows:
         s = row.stats
+        extra = _csv_attention(table, row, by_row) if with_attention else []
         writer.writerow(
             [
                 row.label,
@@ -624,6 +874,7 @@ def render_csv(table: TableData) -> str:
                 _fmt_csv(s.unfinished if s else None),
                 _fmt_csv(s.duplicates if s else None),
                 _fmt_csv(table.delta(row)),
+                *extra,
             ]
         )
     return buf.getvalue()
@@ -647,8 +898,33 @@ def _tex(text: str) -> str:
     return re.sub(r"[\\&%$#_{}~^]", lambda m: _LATEX_SPECIAL[m.group()], text)
 
 
-def render_latex(table: TableData) -> str:
-    """A booktabs ``tabular`` to ``\\input``; the header facts go in ``%`` comments."""
+def _latex_attention(table: TableData) -> list[str]:
+    out = ["", f"% {attention_title(table)}"]
+    out += [f"% {line}" for line in attention_header_lines(table)]
+    lines = attention_lines(table)
+    if not lines:
+        return [*out, "% No ST rows in this table."]
+    cols = ["Method", "ST", *(_tex(title) for _, title in ATTENTION_METRICS), "$n$"]
+    out += [r"\begin{tabular}{l" + "r" * (len(cols) - 1) + "}", r"\toprule"]
+    out += [" & ".join(cols) + r" \\", r"\midrule"]
+    group = None
+    for line in lines:
+        if group is not None and line.row.group != group:
+            out.append(r"\midrule")
+            if line.row.group == GROUP_EXTRA:
+                out.append(rf"\multicolumn{{{len(cols)}}}{{l}}{{\emph{{{EXTRA_TITLE}}}}} \\")
+        group = line.row.group
+        cells = _attention_cells(line, r" $\pm$ ", "---", "$n$")
+        out.append(" & ".join([_tex(cells[0]), *cells[1:]]) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}"]
+    return out
+
+
+def render_latex(table: TableData, attention: bool | None = None) -> str:
+    """A booktabs ``tabular`` to ``\\input``; the header facts go in ``%`` comments.
+
+    ``attention`` (default: ``table.attention``) appends a second ``tabular``.
+    """
     out = [f"% Comparison with {table.paper_source}"]
     out += [f"% {line}" for line in header_lines(table)]
     unit = r" (\%)" if table.percent else ""
@@ -675,6 +951,8 @@ def render_latex(table: TableData) -> str:
         ]
         out.append(" & ".join(cells) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
+    if _with_attention(table, attention):
+        out += _latex_attention(table)
     return "\n".join(out) + "\n"
 
 
@@ -805,8 +1083,13 @@ def write_table(table: TableData, out_dir: str | os.PathLike[str], name: str) ->
     return paths
 
 
-def print_table(table: TableData, console: Console | None = None) -> None:
-    """Show the table in the terminal (rich), with the same header facts."""
+def print_table(
+    table: TableData, console: Console | None = None, attention: bool | None = None
+) -> None:
+    """Show the table in the terminal (rich), with the same header facts.
+
+    ``attention`` (default: ``table.attention``) also prints the attention table.
+    """
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -831,4 +1114,31 @@ def print_table(table: TableData, console: Console | None = None) -> None:
         grid.add_row(*map(Text, cells), style="dim" if row.group == GROUP_PRIOR else None)
     for line in header_lines(table):
         console.print(line, markup=False, highlight=False)
+    console.print(grid)
+    if _with_attention(table, attention):
+        _print_attention(table, console)
+
+
+def _print_attention(table: TableData, console: Console) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    console.print()
+    for line in attention_header_lines(table):
+        console.print(line, markup=False, highlight=False)
+    lines = attention_lines(table)
+    if not lines:
+        console.print("No ST rows in this table.", markup=False, highlight=False)
+        return
+    grid = Table(title=f"{attention_title(table)}, in %", title_style="bold")
+    for i, col in enumerate(("Method", "ST", "IoU", "centre", "head", "body", "n")):
+        grid.add_column(col, justify="left" if i == 0 else "right", no_wrap=i > 0)
+    group = None
+    for line in lines:
+        if group is not None and line.row.group != group:
+            grid.add_section()
+            if line.row.group == GROUP_EXTRA:
+                grid.add_row(Text(EXTRA_TITLE, style="italic"))
+        group = line.row.group
+        grid.add_row(*map(Text, _attention_cells(line, " ± ", DASH)))
     console.print(grid)
