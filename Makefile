@@ -26,7 +26,7 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m stnrepro.train -m experiment=demo_table
 	$(PY) scripts/make_table.py --runs "$$(ls -d logs/demo/multiruns/*/ | tail -n 1)" \
-		--name demo_table --out results/
+		--name demo_table --out results/ --with-attention
 
 clean:
 	rm -rf $(VENV) logs outputs multirun wandb .pytest_cache

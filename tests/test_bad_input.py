@@ -62,3 +62,19 @@ def test_unknown_dataset_is_refused_by_hydra_naming_it(tmp_path):
     assert proc.returncode != 0
     assert "Could not find 'data/imagenet'" in proc.stderr
     assert "cub" in proc.stderr  # the available options are listed
+
+
+def test_check_data_lists_every_bad_image(tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import check_data
+
+    root = write_tiny_cub(tmp_path / "CUB_200_2011", num_classes=2, per_class=3)
+    assert check_data.main([str(root)]) == 0
+    images = sorted((root / "images").rglob("*.jpg"))
+    images[0].write_bytes(images[0].read_bytes()[:100])
+    images[3].write_text("not an image")
+    capsys.readouterr()
+    assert check_data.main([str(root), "--workers", "2"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 2 and str(images[0]) in err[0] and str(images[3]) in err[1]
+    assert check_data.main([str(tmp_path / "nope")]) == 2
