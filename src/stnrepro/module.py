@@ -84,21 +84,12 @@ class STCNNModule(pl.LightningModule):
         num_classes: int,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
-        backbone: str = "small",
-        pretrained: bool = False,
-        num_transformers: int = 0,
-        image_size: int = 224,
-        crop_size: int = 224,
-        transform: str = "attention",
-        fixed_scale: float | None = 0.5,
-        init_scale: float = 0.5,
-        scale_bounds: tuple[float, float] = (0.25, 1.0),
-        loc_hidden: int = 128,
-        dropout: float = 0.5,
         loc_lr_mult: float = 1e-4,
         head_lr_mult: float = 1.0,
         label_smoothing: float = 0.0,
+        **net_kwargs: Any,
     ) -> None:
+        """``net_kwargs`` are :class:`STCNN`'s arguments (backbone, num_transformers, ...)."""
         super().__init__()
         # The partials stay out of the checkpoint: Lightning reloads it with
         # torch.load(weights_only=True), which accepts plain values only.
@@ -110,20 +101,8 @@ class STCNNModule(pl.LightningModule):
                 f"model.loc_lr_mult={loc_lr_mult}, model.head_lr_mult={head_lr_mult}: "
                 "expected non-negative multipliers"
             )
-        self.net = STCNN(
-            num_classes=num_classes,
-            backbone=backbone,
-            pretrained=pretrained,
-            num_transformers=num_transformers,
-            image_size=image_size,
-            crop_size=crop_size,
-            transform=transform,
-            fixed_scale=fixed_scale,
-            init_scale=init_scale,
-            scale_bounds=tuple(scale_bounds),  # type: ignore[arg-type]
-            loc_hidden=loc_hidden,
-            dropout=dropout,
-        )
+        self.net = STCNN(num_classes=num_classes, **net_kwargs)
+        num_transformers = self.net.num_transformers
         top_k = [1] + ([5] if num_classes > 5 else [])
         for stage in STAGES:  # attributes train_metrics, val_metrics, test_metrics
             accuracy = {
@@ -168,7 +147,7 @@ class STCNNModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Attention metrics need the dataset's part names, known once data is attached."""
-        n = self.hparams.num_transformers
+        n = self.net.num_transformers
         if not n or hasattr(self, "test_attention"):
             return
         names = datamodule_part_names(getattr(self.trainer, "datamodule", None))

@@ -99,7 +99,7 @@ class STCNN(nn.Module):
         dropout: float = 0.5,
     ) -> None:
         super().__init__()
-        scale_bounds = (float(scale_bounds[0]), float(scale_bounds[1]))
+        scale_bounds = (float(scale_bounds[0]), float(scale_bounds[1]))  # may come as a list
         validate_model_args(
             backbone, num_transformers, image_size, crop_size, transform, fixed_scale,
             init_scale, scale_bounds, dropout,
