@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +97,25 @@ def test_submitit_local_launcher_runs_a_2_job_sweep(cub_root, tmp_path):
     records = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
     assert [r["status"] for r in records] == ["finished", "finished"]
     assert any((sweep / ".submitit").iterdir())  # really went through submitit
+
+
+def test_sigterm_stops_the_sweep_instead_of_starting_the_next_job(cub_root, tmp_path):
+    """Like a cluster kill or Ctrl-C: SIGTERM reaches the job and its DataLoader workers."""
+    sweep = tmp_path / "sweep"
+    env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stnrepro.train", "-m", *tiny(cub_root), "data.image_size=32",
+         "data.num_workers=1", "trainer.max_epochs=200", "model.num_transformers=0,2",
+         "logger=none", f"hydra.sweep.dir={sweep}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+    )  # fmt: skip
+    last = sweep / "0" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "job 0 ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) != 0
+    record = json.loads((sweep / "0" / "metrics.json").read_text())
+    assert record["status"] == "failed" and record["error"] == "interrupted by SIGTERM"
+    assert not (sweep / "1").exists()

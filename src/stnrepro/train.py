@@ -142,6 +142,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         output_dir, table_cell(cfg), epochs=OmegaConf.select(cfg, "trainer.max_epochs")
     )
     logger: Logger | None = None
+    trainer: pl.Trainer | None = None
     try:
         validate_config(cfg)
         resume_from = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
@@ -163,9 +164,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks = build_callbacks(cfg, logger is not None, datamodule.has_val)
         callbacks.append(RNGStateCallback())
         limit_val = {} if datamodule.has_val else {"limit_val_batches": 0}
-        trainer: pl.Trainer = instantiate(
-            cfg.trainer, callbacks=callbacks, logger=logger or False, **limit_val
-        )
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger or False, **limit_val)
         if resume_from:
             log.info("resuming from %s", resume_from)
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
@@ -179,9 +178,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             _log_summary(logger, record)
         record.finish()
     except BaseException as exc:
-        record.fail(exc)
+        interrupted = trainer is not None and trainer.received_sigterm
+        record.fail("interrupted by SIGTERM" if interrupted else exc)
         if logger is not None:
             _log_summary(logger, record)
+        if interrupted and not isinstance(exc, SystemExit):
+            # Killed from outside (the DataLoader workers often die first and surface as a
+            # RuntimeError): stop the whole sweep instead of starting the next job.
+            raise SystemExit(143) from exc
         raise
     finally:
         _finish_wandb(logger)
