@@ -182,9 +182,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         record.fail("interrupted by SIGTERM" if interrupted else exc)
         if logger is not None:
             _log_summary(logger, record)
-        if interrupted and not isinstance(exc, SystemExit):
-            # Killed from outside (the DataLoader workers often die first and surface as a
-            # RuntimeError): stop the whole sweep instead of starting the next job.
+        if interrupted:
+            # Killed from outside: Lightning's own SIGTERMException exits with status 0, and
+            # DataLoader workers that die first surface as a RuntimeError. Either way, stop
+            # the whole sweep with the conventional status instead of starting the next job.
             raise SystemExit(143) from exc
         raise
     finally:
