@@ -125,6 +125,7 @@ def validate_config(cfg: DictConfig) -> None:
         init_scale=m.init_scale,
         scale_bounds=tuple(m.scale_bounds),
         dropout=m.dropout,
+        sampler=m.get("sampler", "grid_sample"),
     )
     if cfg.get("test_ckpt") not in ("last", "best"):
         raise ConfigError(f"test_ckpt={cfg.get('test_ckpt')!r}: expected 'last' or 'best'")

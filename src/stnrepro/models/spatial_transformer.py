@@ -11,6 +11,14 @@ reproduces the input exactly at equal size, and for the attention transform
 (``padding_mode="border"``): zero padding plus mean/std normalisation is known to pull
 transformers outwards (see the project README).
 
+Samplers (``sampler=``): ``grid_sample`` (this module's :func:`sample`, the reference),
+``analytic`` (same function; grid built without ``F.affine_grid`` so ``torch.compile`` works
+with symbolic shapes; one ``grid_sample`` call for all N crops) and ``roi_align`` (attention
+transform only; ``torchvision.ops.roi_align`` forward with exact gradients for image and theta).
+See :mod:`stnrepro.models.fast_crops`. Sample coordinates are always computed in float32 or
+wider: under bf16 autocast the head outputs a bf16 theta, and a bf16 grid misplaces samples
+by up to ~0.8 px at 448 px.
+
 Parameterisations (all bounded, so a crop cannot run away):
 
 - ``attention`` with a fixed scale (the paper's CUB setting, s = 0.5 recalled): 2 numbers
@@ -35,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stnrepro.models.fast_crops import SAMPLERS, sample_crops
+
 Transform = Literal["attention", "affine"]
 TRANSFORMS: tuple[str, ...] = ("attention", "affine")
 
@@ -48,9 +58,17 @@ def attention_theta(scale: Tensor, tx: Tensor, ty: Tensor) -> Tensor:
 
 
 def sample(image: Tensor, theta: Tensor, size: int) -> Tensor:
-    """Sample a ``size`` x ``size`` crop per image: (B,C,H,W), (B,2,3) -> (B,C,size,size)."""
-    grid = F.affine_grid(theta, [image.shape[0], image.shape[1], size, size], align_corners=False)
-    return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    """Sample a ``size`` x ``size`` crop per image: (B,C,H,W), (B,2,3) -> (B,C,size,size).
+
+    Computed in float32 at least (float64 stays float64): a bf16 theta from an autocast
+    head would otherwise give a bf16 grid with samples off by up to ~0.8 px at 448 px.
+    """
+    dtype = torch.promote_types(torch.promote_types(image.dtype, theta.dtype), torch.float32)
+    shape = [image.shape[0], image.shape[1], size, size]
+    grid = F.affine_grid(theta.to(dtype), shape, align_corners=False)
+    return F.grid_sample(
+        image.to(dtype), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
 
 
 def crop_boxes(theta: Tensor) -> Tensor:
@@ -112,8 +130,17 @@ class SpatialTransformer(nn.Module):
         init_scale: float = 0.5,
         scale_bounds: tuple[float, float] = (0.25, 1.0),
         hidden: int = 128,
+        sampler: str = "grid_sample",
     ) -> None:
         super().__init__()
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler={sampler!r}: expected one of {', '.join(SAMPLERS)}")
+        if sampler == "roi_align" and transform != "attention":
+            raise ValueError(
+                f"sampler='roi_align' needs transform='attention' (got {transform!r}): "
+                "roi_align crops axis-aligned boxes only; use 'analytic' or 'grid_sample'"
+            )
+        self.sampler = sampler
         self.num_transformers = num_transformers
         self.crop_size = crop_size
         self.transform = transform
@@ -170,5 +197,10 @@ class SpatialTransformer(nn.Module):
         return self.decode(self.regress(features))
 
     def crops(self, image: Tensor, theta: Tensor) -> list[Tensor]:
-        """One (B, 3, S, S) crop per transformer, S = ``crop_size``."""
-        return [sample(image, theta[:, i], self.crop_size) for i in range(self.num_transformers)]
+        """One (B, 3, S, S) crop per transformer, S = ``crop_size``, with ``self.sampler``."""
+        if self.sampler == "grid_sample":
+            return [
+                sample(image, theta[:, i], self.crop_size) for i in range(self.num_transformers)
+            ]
+        # The transform is attention by construction (checked in __init__): no data check.
+        return sample_crops(image, theta, self.crop_size, self.sampler, validate=False)

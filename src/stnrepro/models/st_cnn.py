@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from stnrepro.errors import ConfigError
 from stnrepro.models.backbones import backbone_spec, build_trunks, feature_map_size
+from stnrepro.models.fast_crops import SAMPLERS
 from stnrepro.models.spatial_transformer import TRANSFORMS, SpatialTransformer
 
 
@@ -39,6 +40,7 @@ def validate_model_args(
     init_scale: float,
     scale_bounds: tuple[float, float],
     dropout: float,
+    sampler: str = "grid_sample",
 ) -> None:
     """Refuse impossible settings before anything is built, one line naming the key."""
     spec = backbone_spec(backbone)
@@ -78,6 +80,13 @@ def validate_model_args(
         )
     if not 0 <= dropout < 1:
         raise ConfigError(f"model.dropout={dropout}: expected a float in [0, 1)")
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"model.sampler={sampler!r}: expected one of {', '.join(SAMPLERS)}")
+    if sampler == "roi_align" and transform != "attention":
+        raise ConfigError(
+            f"model.sampler=roi_align: needs model.transform=attention (got {transform!r}); "
+            "use model.sampler=analytic or grid_sample for affine"
+        )
 
 
 class STCNN(nn.Module):
@@ -97,12 +106,13 @@ class STCNN(nn.Module):
         scale_bounds: tuple[float, float] = (0.25, 1.0),
         loc_hidden: int = 128,
         dropout: float = 0.5,
+        sampler: str = "grid_sample",
     ) -> None:
         super().__init__()
         scale_bounds = (float(scale_bounds[0]), float(scale_bounds[1]))  # may come as a list
         validate_model_args(
             backbone, num_transformers, image_size, crop_size, transform, fixed_scale,
-            init_scale, scale_bounds, dropout,
+            init_scale, scale_bounds, dropout, sampler,
         )  # fmt: skip
         self.num_transformers = num_transformers
         channels = backbone_spec(backbone).channels
@@ -125,6 +135,7 @@ class STCNN(nn.Module):
                 init_scale=init_scale,
                 scale_bounds=scale_bounds,
                 hidden=loc_hidden,
+                sampler=sampler,
             )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
