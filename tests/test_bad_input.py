@@ -15,8 +15,8 @@ from cub_fixture import write_tiny_cub
 def cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     return subprocess.run(
-        [sys.executable, "-m", "stnrepro.train", *args, f"hydra.run.dir={tmp_path}/run",
-         "logger=none", "trainer=cpu", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"],
+        [sys.executable, "-m", "stnrepro.train", f"hydra.run.dir={tmp_path}/run", "logger=none",
+         "trainer=cpu", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", *args],
         capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
 
@@ -78,3 +78,14 @@ def test_check_data_lists_every_bad_image(tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 2 and str(images[0]) in err[0] and str(images[3]) in err[1]
     assert check_data.main([str(tmp_path / "nope")]) == 2
+
+
+def test_divergence_stops_the_run_with_a_clear_failed_record(cub, tmp_path):
+    proc = cli(
+        [*cub, "data.num_workers=0", "model.optimizer.lr=1e38", "trainer.max_epochs=5"], tmp_path
+    )
+    assert proc.returncode == 2
+    [line] = error_lines(proc)
+    assert "training diverged" in line or "localisation network diverged" in line
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["status"] == "failed" and "diverged" in record["error"]
