@@ -99,6 +99,18 @@ GENERATOR_VERSION = 1
 COMPLETE_MARKER = ".synth_complete"
 CHUNK = 16  # images per worker task
 
+#: Shared by every preset: pose, clutter and encoding are the same at every size.
+_COMMON: dict[str, Any] = {
+    "size_jitter": 0.2,
+    "portrait_fraction": 0.15,
+    "genus_size": 4,
+    "train_fraction": 0.5,
+    "min_bird_area": 0.1,
+    "max_bird_area": 0.6,
+    "max_rotation_deg": 30.0,
+    "jpeg_quality": 90,
+}
+
 #: Preset defaults; every key can be overridden (the data yaml sets them all explicitly).
 PRESETS: dict[str, dict[str, Any]] = {
     "synth_birds": {
@@ -106,28 +118,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "images_per_class": 60,
         "image_width": 500,
         "image_height": 375,
-        "size_jitter": 0.2,
-        "portrait_fraction": 0.15,
-        "genus_size": 4,
-        "train_fraction": 0.5,
-        "min_bird_area": 0.1,
-        "max_bird_area": 0.6,
-        "max_rotation_deg": 30.0,
-        "jpeg_quality": 90,
+        **_COMMON,
     },
     "synth_birds_tiny": {
         "num_classes": 8,
         "images_per_class": 50,
         "image_width": 160,
         "image_height": 120,
-        "size_jitter": 0.2,
-        "portrait_fraction": 0.15,
-        "genus_size": 4,
-        "train_fraction": 0.5,
-        "min_bird_area": 0.1,
-        "max_bird_area": 0.6,
-        "max_rotation_deg": 30.0,
-        "jpeg_quality": 90,
+        **_COMMON,
     },
 }
 

@@ -172,8 +172,26 @@ class PaperRow:
         return self.input_px is None
 
 
+class _Summary:
+    """n, mean and sample std (n-1; None for fewer than two) of ``values``."""
+
+    values: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        return statistics.stdev(self.values) if len(self.values) >= 2 else None
+
+
 @dataclass(frozen=True)
-class CellStats:
+class CellStats(_Summary):
     """Our runs of one (image_size, num_transformers) cell; ``values`` in display units.
 
     ``runs`` keeps the used records (one per seed, sorted by seed) so later columns
@@ -187,18 +205,6 @@ class CellStats:
     failed: int = 0
     unfinished: int = 0
     duplicates: int = 0
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> float | None:
-        return statistics.fmean(self.values) if self.values else None
-
-    @property
-    def std(self) -> float | None:
-        return statistics.stdev(self.values) if len(self.values) >= 2 else None
 
     @property
     def excluded(self) -> int:
@@ -250,7 +256,7 @@ class TableData:
 
 
 @dataclass(frozen=True)
-class AttentionStats:
+class AttentionStats(_Summary):
     """One attention metric of one transformer over a row's runs; ``values`` in %.
 
     ``values`` holds only the non-null values, so ``n`` may be below ``n_runs``.
@@ -258,18 +264,6 @@ class AttentionStats:
 
     values: tuple[float, ...]
     n_runs: int
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> float | None:
-        return statistics.fmean(self.values) if self.values else None
-
-    @property
-    def std(self) -> float | None:
-        return statistics.stdev(self.values) if len(self.values) >= 2 else None
 
 
 @dataclass(frozen=True)
