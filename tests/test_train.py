@@ -113,3 +113,16 @@ def test_cli_refuses_bad_input_with_one_line(tmp_path):
         "error: model.backbone='vgg': expected one of inception_v3, resnet50, small" in proc.stderr
     )
     assert "Traceback" not in proc.stderr
+
+
+def test_logger_summary_gets_the_finished_record(cub_root, make_cfg, monkeypatch):
+    """The table reads W&B runs' summary record: it must say finished, not running."""
+    import stnrepro.train as train_module
+
+    seen = []
+    monkeypatch.setattr(
+        train_module, "_log_summary", lambda logger, record: seen.append(dict(record.data))
+    )
+    record = train(make_cfg(tiny_overrides(cub_root, 0)))
+    assert [s["status"] for s in seen] == ["finished"]
+    assert seen[0]["metrics"]["test/acc"] == record["metrics"]["test/acc"]

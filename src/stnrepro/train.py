@@ -174,10 +174,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             ckpt = "best" if cfg.test_ckpt == "best" and datamodule.has_val else None
             trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
             record.update_metrics(_metrics(trainer))
-        if logger is not None:
-            logger.experiment  # noqa: B018  (make sure the run exists before the summary)
-            _log_summary(logger, record)
         record.finish()
+        if logger is not None:  # after finish(): the W&B copy must say "finished" too
+            _log_summary(logger, record)
     except BaseException as exc:
         interrupted = trainer is not None and trainer.received_sigterm
         record.fail("interrupted by SIGTERM" if interrupted else exc)
