@@ -118,7 +118,7 @@ class STCNNModule(pl.LightningModule):
     def forward(self, image: Tensor) -> Tensor:
         return self.net(image).logits
 
-    def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+    def _step(self, batch: dict[str, Tensor], stage: str) -> tuple[Tensor, Tensor | None]:
         out = self.net(batch["image"])
         loss = F.cross_entropy(
             out.logits, batch["label"], label_smoothing=self.hparams.label_smoothing
@@ -130,20 +130,14 @@ class STCNNModule(pl.LightningModule):
         metrics: MetricCollection = getattr(self, f"{stage}_metrics")
         metrics.update(out.logits.detach(), batch["label"])
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
-        if out.theta is not None and stage != "train":
-            # Boxes and parts are used for evaluation only, never for the loss.
-            attention: AttentionMetrics | None = getattr(self, f"{stage}_attention", None)
-            if attention is not None:
-                attention.update(out.theta.detach(), batch["bbox"], batch["parts"])
         if out.theta is not None:
-            if stage == "train" and not torch.isfinite(out.theta).all():
-                raise DivergenceError(
-                    f"transformer parameters are non-finite at epoch {self.current_epoch}, "
-                    f"step {self.global_step}: the localisation network diverged; the last "
-                    "good checkpoint is kept; try a lower model.loc_lr_mult"
-                )
+            if stage != "train":
+                # Boxes and parts are used for evaluation only, never for the loss.
+                attention: AttentionMetrics | None = getattr(self, f"{stage}_attention", None)
+                if attention is not None:
+                    attention.update(out.theta.detach(), batch["bbox"], batch["parts"])
             getattr(self, f"{stage}_theta").update(out.theta)
-        return loss
+        return loss, out.theta
 
     def setup(self, stage: str) -> None:
         """Attention metrics need the dataset's part names, known once data is attached."""
@@ -154,7 +148,8 @@ class STCNNModule(pl.LightningModule):
         for s in ("val", "test"):
             setattr(self, f"{s}_attention", AttentionMetrics(n, names).to(self.device))
 
-    def _log_theta(self, stage: str) -> None:
+    def _log_epoch_metrics(self, stage: str) -> None:
+        """Log and reset the epoch-level transformer statistics and attention metrics."""
         stats: ThetaStats | None = getattr(self, f"{stage}_theta", None)
         if stats is not None:
             if stats.update_called:
@@ -167,9 +162,18 @@ class STCNNModule(pl.LightningModule):
             attention.reset()
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self._step(batch, "train")
-        # One scalar sync per step: a diverged run stops before a NaN update is checkpointed.
-        if not torch.isfinite(loss):
+        loss, theta = self._step(batch, "train")
+        # One host sync per step: a diverged run stops before a NaN update is checkpointed.
+        finite = torch.isfinite(loss)
+        if theta is not None:
+            finite = finite & torch.isfinite(theta).all()
+        if not finite:
+            if theta is not None and not torch.isfinite(theta).all():
+                raise DivergenceError(
+                    f"transformer parameters are non-finite at epoch {self.current_epoch}, "
+                    f"step {self.global_step}: the localisation network diverged; the last "
+                    "good checkpoint is kept; try a lower model.loc_lr_mult"
+                )
             raise DivergenceError(
                 f"train/loss={loss.item()} at epoch {self.current_epoch}, step "
                 f"{self.global_step}: training diverged (non-finite loss); the last good "
@@ -185,13 +189,13 @@ class STCNNModule(pl.LightningModule):
         self._step(batch, "test")
 
     def on_train_epoch_end(self) -> None:
-        self._log_theta("train")
+        self._log_epoch_metrics("train")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_theta("val")
+        self._log_epoch_metrics("val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_theta("test")
+        self._log_epoch_metrics("test")
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Parameter groups with learning rates relative to the optimizer's base ``lr``."""

@@ -198,9 +198,5 @@ class SpatialTransformer(nn.Module):
 
     def crops(self, image: Tensor, theta: Tensor) -> list[Tensor]:
         """One (B, 3, S, S) crop per transformer, S = ``crop_size``, with ``self.sampler``."""
-        if self.sampler == "grid_sample":
-            return [
-                sample(image, theta[:, i], self.crop_size) for i in range(self.num_transformers)
-            ]
-        # The transform is attention by construction (checked in __init__): no data check.
+        # roi_align implies attention (checked in __init__), so no per-batch theta check.
         return sample_crops(image, theta, self.crop_size, self.sampler, validate=False)
