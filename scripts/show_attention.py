@@ -74,19 +74,20 @@ def find_config(checkpoint: Path) -> tuple[Path, Path]:
 
 
 def build_datamodule(config: Path, run_dir: Path, data_root: str | None, workers: int | None):
-    """Instantiate ``cfg.data`` as the training run did (PROJECT_ROOT set like stnrepro.train)."""
+    """Instantiate ``cfg.data`` as the training run did (paths from the run's .hydra/hydra.yaml)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf, open_dict
 
-    from stnrepro.train import PROJECT_ROOT
-
-    os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
     cfg = OmegaConf.load(config)
+    hydra_yaml = config.parent / "hydra.yaml"
+    run_cwd = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.cwd") if hydra_yaml.is_file() else None
     if "data" not in cfg:
         raise UsageError(f"{config}: no data section (not a stnrepro run config?)")
     with open_dict(cfg):
         if "paths" in cfg:  # ${hydra:...} cannot resolve outside a Hydra job
             cfg.paths.output_dir = str(run_dir)
+            if "${hydra:" in str(OmegaConf.to_container(cfg.paths).get("root_dir")):
+                cfg.paths.root_dir = os.environ.get("STNREPRO_ROOT", run_cwd or os.getcwd())
         if data_root is not None:
             if "cache_dir" in cfg.data:  # synthetic: root is computed from cache_dir
                 cfg.data.cache_dir = data_root

@@ -6,11 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from stnrepro.train import CONF_DIR
+from stnrepro.config import compose_config
 
 # Tests never talk to W&B servers and never prompt.
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -22,8 +21,7 @@ def compose_train(
     overrides: list[str], output_dir: Path, data_dir: Path | None = None
 ) -> DictConfig:
     """The composed ``train`` config with the hydra node set, as inside ``@hydra.main``."""
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    cfg = compose_config(overrides, return_hydra_config=True)
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]  # as in @hydra.main: the job config has no hydra node

@@ -12,9 +12,10 @@ from conftest import compose_train
 from cub_fixture import write_tiny_cub
 
 from stnrepro.errors import ConfigError
-from stnrepro.train import CONF_DIR, train
+from stnrepro.config import config_dir
+from stnrepro.train import train
 
-EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger
 
+from stnrepro.config import CONFIG_NAME, CONFIG_PATH
 from stnrepro.errors import ConfigError, StnreproError, one_line
 from stnrepro.models.st_cnn import validate_model_args
 from stnrepro.reproducibility import RNGStateCallback, resolve_ckpt_path
@@ -33,9 +34,6 @@ from stnrepro.run_record import RunRecord, table_cell
 
 log = logging.getLogger("stnrepro")
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CONF_DIR = PROJECT_ROOT / "conf"
-os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
 
 
 def wandb_credentials_present() -> bool:
@@ -211,7 +209,7 @@ def _finish_wandb(logger: Logger | None) -> None:
         wandb.finish(exit_code=0 if sys.exc_info()[0] is None else 1)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def main(cfg: DictConfig) -> float | None:
     """Hydra task: one run. Returns test accuracy (for sweepers that optimise it)."""
     try:
