@@ -1,32 +1,58 @@
 # Two commands set everything up on a fresh machine:
-#   make demo   create .venv, install, run the CPU demo sweep, print the table
-#   make test   create .venv, install, run the tests
+#   make demo   create .venv, install the locked versions, run the CPU demo sweep, print the table
+#   make test   create .venv, install the locked versions, lint, run the tests
+# Other targets: make lock (re-resolve requirements.lock), make demo-check (regenerate the demo
+# table into a temporary folder and diff it against results/), make lint, make clean.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+# The lock is resolved as of this date, so `make lock` gives the same file until it moves.
+LOCK_DATE := 2026-12-01T00:00:00Z
+UV_VERSION := 0.13.9
 
-.PHONY: demo test lint venv clean
+.PHONY: demo demo-check test lint lock venv clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The locked versions first (hash-checked), then the package itself without resolving again.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --require-hashes -r $(LOCK)
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip check
 	touch $(STAMP)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check src scripts tests
+	$(VENV)/bin/ruff format --check src scripts tests
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src scripts tests
 	$(VENV)/bin/ruff format --check src scripts tests
 
+lock:
+	test -x $(VENV)/bin/uv || { test -x $(PY) || $(PYTHON) -m venv $(VENV); $(PY) -m pip install -q uv==$(UV_VERSION); }
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --universal --python-version 3.10 \
+		--exclude-newer $(LOCK_DATE) --generate-hashes --custom-compile-command "make lock" \
+		--quiet -o $(LOCK)
+
 demo: $(STAMP)
 	$(PY) -m stnrepro.train -m experiment=demo_table
-	$(PY) scripts/make_table.py --runs "$$(ls -d logs/demo/multiruns/*/ | tail -n 1)" \
+	$(VENV)/bin/stn-table --runs "$$(ls -d logs/demo/multiruns/*/ | tail -n 1)" \
 		--name demo_table --out results/ --with-attention
+
+# The demo again from scratch in a temporary folder; fails when its table differs from the
+# committed one (same locked versions, CPU capability and thread count give the same table).
+demo-check: $(STAMP)
+	tmp="$$(mktemp -d)" && STNREPRO_ROOT="$$tmp" $(PY) -m stnrepro.train -m experiment=demo_table \
+		&& $(VENV)/bin/stn-table --runs "$$tmp/logs/demo/multiruns" --name demo_table \
+			--out "$$tmp/results" --with-attention \
+		&& diff -u results/demo_table.csv "$$tmp/results/demo_table.csv" \
+		&& echo "demo-check: $$tmp/results/demo_table.csv equals results/demo_table.csv"
 
 clean:
 	rm -rf $(VENV) logs outputs multirun wandb .pytest_cache

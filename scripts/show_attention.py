@@ -80,7 +80,9 @@ def build_datamodule(config: Path, run_dir: Path, data_root: str | None, workers
 
     cfg = OmegaConf.load(config)
     hydra_yaml = config.parent / "hydra.yaml"
-    run_cwd = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.cwd") if hydra_yaml.is_file() else None
+    run_cwd = None
+    if hydra_yaml.is_file():
+        run_cwd = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.cwd")
     if "data" not in cfg:
         raise UsageError(f"{config}: no data section (not a stnrepro run config?)")
     with open_dict(cfg):

@@ -11,8 +11,8 @@ import pytest
 from conftest import compose_train
 from cub_fixture import write_tiny_cub
 
-from stnrepro.errors import ConfigError
 from stnrepro.config import config_dir
+from stnrepro.errors import ConfigError
 from stnrepro.train import train
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
