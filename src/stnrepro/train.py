@@ -9,6 +9,7 @@ goes on with the next job.
 
 from __future__ import annotations
 
+import json
 import logging
 import netrc
 import os
@@ -28,9 +29,10 @@ from pytorch_lightning.loggers import Logger
 
 from stnrepro.config import CONFIG_NAME, CONFIG_PATH
 from stnrepro.errors import ConfigError, StnreproError, one_line
+from stnrepro.lifecycle import check_same_run, hold_output_dir, run_definition, save_definition
 from stnrepro.models.st_cnn import validate_model_args
 from stnrepro.reproducibility import RNGStateCallback, resolve_ckpt_path
-from stnrepro.run_record import RunRecord, table_cell
+from stnrepro.run_record import RECORD_NAME, RunRecord, table_cell
 
 log = logging.getLogger("stnrepro")
 
@@ -133,9 +135,36 @@ def _metrics(trainer: pl.Trainer) -> dict[str, Any]:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit and test one run described by ``cfg``; return its record (also in metrics.json)."""
+    """Fit and test one run described by ``cfg``; return its record (also in metrics.json).
+
+    The output directory holds this one run (``stnrepro.lifecycle``): a finished run is left
+    as it is, an unfinished one resumes, and a different run there is refused.
+    """
     output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    with hold_output_dir(output_dir):
+        definition = run_definition(cfg)
+        if check_same_run(output_dir, definition):
+            finished = _finished_record(output_dir)
+            if finished is not None:
+                log.info(
+                    "run %s already finished; nothing to do. Its record: %s",
+                    finished.get("run_name"),
+                    output_dir / RECORD_NAME,
+                )
+                return finished
+        return _fit_and_test(cfg, output_dir, definition)
+
+
+def _finished_record(output_dir: Path) -> dict[str, Any] | None:
+    path = output_dir / RECORD_NAME
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("status") == "finished" else None
+
+
+def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any]) -> dict[str, Any]:
     record = RunRecord(
         output_dir, table_cell(cfg), epochs=OmegaConf.select(cfg, "trainer.max_epochs")
     )
@@ -144,6 +173,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         validate_config(cfg)
         resume_from = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+        save_definition(output_dir, definition)
         record.save()
         pl.seed_everything(cfg.seed, workers=True)
         datamodule = instantiate(cfg.data)

@@ -1,0 +1,130 @@
+"""One output folder, one run: reruns change nothing, other runs are refused, one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cub_fixture import write_tiny_cub
+from filelock import FileLock
+
+from stnrepro.errors import ConfigError
+from stnrepro.lifecycle import HOLDER_NAME, LOCK_NAME, run_definition
+from stnrepro.train import train
+
+
+@pytest.fixture(scope="module")
+def cub_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "CUB_200_2011"
+    return write_tiny_cub(root, num_classes=3, per_class=6, size=(48, 40))
+
+
+def tiny(cub_root: Path) -> list[str]:
+    return [
+        "data=cub", f"data.root={cub_root}", "data.num_classes=3", "data.image_size=32",
+        "data.batch_size=4", "data.num_workers=0", "model.num_transformers=2",
+        "model.crop_size=16", "trainer=cpu", "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false", "logger=csv",
+    ]  # fmt: skip
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and p.name not in (LOCK_NAME,)
+    }
+
+
+def test_rerunning_a_finished_run_changes_nothing(cub_root, make_cfg, caplog):
+    cfg = make_cfg(tiny(cub_root))
+    first = train(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    before = snapshot(run_dir)
+    assert "csv/metrics.csv" in before and "val/acc" in first["metrics"]
+    with caplog.at_level("INFO", logger="stnrepro"):
+        again = train(make_cfg(tiny(cub_root)))
+    assert again == first
+    assert snapshot(run_dir) == before  # record, CSV, checkpoints: byte for byte
+    assert f"already finished; nothing to do. Its record: {run_dir / 'metrics.json'}" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "change,named",
+    [
+        ("seed=1", "seed 0 -> 1"),
+        ("model.optimizer.lr=0.1", "model.optimizer.lr 0.01 -> 0.1"),
+        ("model.fixed_scale=0.3", "model.fixed_scale 0.5 -> 0.3"),
+        ("data.val_fraction=0.3", "data.val_fraction 0.1 -> 0.3"),
+        ("model.num_transformers=4", "model.num_transformers 2 -> 4"),
+    ],
+)
+def test_another_run_in_the_same_folder_is_refused_naming_the_keys(
+    cub_root, make_cfg, change, named
+):
+    cfg = make_cfg(tiny(cub_root))
+    train(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    before = snapshot(run_dir)
+    with pytest.raises(ConfigError, match="holds another run") as info:
+        train(make_cfg(tiny(cub_root) + [change]))
+    message = str(info.value)
+    assert named in message and "\n" not in message and "Use a new output folder" in message
+    assert snapshot(run_dir) == before  # the finished record is not touched
+
+
+def test_a_folder_from_an_older_version_is_refused_not_mixed(cub_root, make_cfg):
+    cfg = make_cfg(tiny(cub_root))
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "finished"}))
+    with pytest.raises(ConfigError, match="without run_config.json"):
+        train(cfg)
+
+
+def test_keys_that_cannot_change_results_do_not_define_the_run(cub_root, make_cfg):
+    base = run_definition(make_cfg(tiny(cub_root)))
+    other = run_definition(
+        make_cfg(tiny(cub_root) + ["logger=wandb", "data.num_workers=2", "tags=[x]",
+                                   "trainer.log_every_n_steps=3", "ckpt_path=null"])
+    )  # fmt: skip
+    assert base == other
+    assert base["seed"] == 0 and base["model.optimizer.lr"] == 0.01
+    assert not any(k.startswith(("logger", "paths", "callbacks")) for k in base)
+
+
+def test_a_second_process_in_the_same_folder_is_refused_naming_the_holder(cub_root, make_cfg):
+    cfg = make_cfg(tiny(cub_root))
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / HOLDER_NAME).write_text("pid 4242 on node7 since 2026-12-01T10:00:00+00:00\n")
+    with FileLock(str(run_dir / LOCK_NAME)):  # another holder (a separate file descriptor)
+        with pytest.raises(ConfigError, match="in use by pid 4242 on node7"):
+            train(cfg)
+    assert not (run_dir / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_a_second_sweep_into_the_same_folder_does_not_reuse_the_first(cub_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+
+    def run(seeds: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "stnrepro.train", "-m", *tiny(cub_root), f"seed={seeds}",
+             f"hydra.sweep.dir={sweep}"],
+            capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
+        )  # fmt: skip
+
+    assert run("0,1").returncode == 0
+    before = {p: p.read_bytes() for p in sorted(sweep.glob("*/metrics.json"))}
+    second = run("2,3")
+    assert "holds another run: seed 0 -> 2" in second.stdout + second.stderr
+    after = {p: p.read_bytes() for p in sorted(sweep.glob("*/metrics.json"))}
+    assert after == before  # s0/s1 keep their numbers; no s2/s3 record carries them
+    names = {json.loads(b)["run_name"] for b in after.values()}
+    assert names == {"2xST-32-s0", "2xST-32-s1"}
