@@ -175,3 +175,134 @@ def test_script_runs_standalone() -> None:
         [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0 and "--keep-archive" in proc.stdout
+
+
+def _tiny_cub_with(tmp_path: Path, extra: Callable[[tarfile.TarFile], None]) -> Path:
+    """A CUB-shaped .tgz whose valid members come first and ``extra``'s members last."""
+    src = tmp_path / "src"
+    write_tiny_cub(src / "CUB_200_2011")
+    path = tmp_path / "bad.tgz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(src / "CUB_200_2011", arcname="CUB_200_2011")
+        extra(tar)
+    return path
+
+
+def _add_symlink_chain_escape(tar: tarfile.TarFile) -> None:
+    """CVE-2025-4517: a chain of symlinks so long that ``os.path.realpath`` gives up resolving it.
+
+    tarfile's ``data`` filter then judges the final link from its unresolved text and lets
+    ``escape`` -> two levels above the extraction folder through; ``escape/evil.txt`` is
+    written there.  On Python 3.11.7 with only the filter, evil.txt lands beside ``out``.
+    """
+    comp, steps, path = "d" * 247, "abcdefghijklmnop", ""
+    for step in steps:
+        folder = tarfile.TarInfo(f"{path}{comp}")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        link = tarfile.TarInfo(f"{path}{step}")
+        link.type, link.linkname = tarfile.SYMTYPE, comp
+        tar.addfile(link)
+        path += comp + "/"
+    deep = "/".join([*steps, "l" * 254])
+    for name, target in [(deep, "/".join([".."] * len(steps))), ("escape", deep + "/../..")]:
+        link = tarfile.TarInfo(name)
+        link.type, link.linkname = tarfile.SYMTYPE, target
+        tar.addfile(link)
+    payload = b"pwned\n"
+    evil = tarfile.TarInfo("escape/evil.txt")
+    evil.size = len(payload)
+    tar.addfile(evil, io.BytesIO(payload))
+
+
+def _count_extract_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    original = tarfile.TarFile.extract
+
+    def counting(self: tarfile.TarFile, member: tarfile.TarInfo | str, *args, **kwargs) -> None:
+        calls.append(member if isinstance(member, str) else member.name)
+        original(self, member, *args, **kwargs)
+
+    monkeypatch.setattr(tarfile.TarFile, "extract", counting)
+    return calls
+
+
+def test_symlink_chain_escape_refused_before_extracting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stnrepro.data import download
+    from stnrepro.errors import DataError
+
+    bad = _tiny_cub_with(tmp_path, _add_symlink_chain_escape)
+    calls = _count_extract_calls(monkeypatch)
+    out = tmp_path / "a" / "data"
+    with pytest.raises(DataError) as info:
+        download.prepare_cub(out, archive=bad, md5=None, progress=False, log=lambda _: None)
+    message = str(info.value)
+    assert message.startswith(f"{bad}: refusing to extract member 'a' (symbolic link to 'ddd")
+    assert "\n" not in message
+    assert calls == []  # refused while checking, before a single member was written
+    assert sorted(p.name for p in tmp_path.rglob("evil.txt")) == []
+    assert list(out.iterdir()) == []
+
+
+def _hardlink_inside(tar: tarfile.TarFile) -> None:
+    link = tarfile.TarInfo("CUB_200_2011/copy.txt")
+    link.type, link.linkname = tarfile.LNKTYPE, "CUB_200_2011/images.txt"
+    tar.addfile(link)
+
+
+def _hardlink_outside(tar: tarfile.TarFile) -> None:
+    link = tarfile.TarInfo("CUB_200_2011/passwd")
+    link.type, link.linkname = tarfile.LNKTYPE, "/etc/passwd"
+    tar.addfile(link)
+
+
+def _symlink_inside(tar: tarfile.TarFile) -> None:
+    link = tarfile.TarInfo("CUB_200_2011/alias.txt")
+    link.type, link.linkname = tarfile.SYMTYPE, "images.txt"
+    tar.addfile(link)
+
+
+def _special(kind: bytes, name: str) -> Callable[[tarfile.TarFile], None]:
+    def add(tar: tarfile.TarFile) -> None:
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        tar.addfile(info)
+
+    return add
+
+
+@pytest.mark.parametrize(
+    ("extra", "member", "kind"),
+    [
+        (_hardlink_inside, "CUB_200_2011/copy.txt", "hard link to 'CUB_200_2011/images.txt'"),
+        (_hardlink_outside, "CUB_200_2011/passwd", "hard link to '/etc/passwd'"),
+        (_symlink_inside, "CUB_200_2011/alias.txt", "symbolic link to 'images.txt'"),
+        (_special(tarfile.FIFOTYPE, "CUB_200_2011/pipe"), "CUB_200_2011/pipe", "fifo"),
+        (_special(tarfile.CHRTYPE, "CUB_200_2011/null"), "CUB_200_2011/null", "device file"),
+        (_special(tarfile.BLKTYPE, "CUB_200_2011/sda"), "CUB_200_2011/sda", "device file"),
+    ],
+)
+def test_every_non_regular_member_refused_before_extracting(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    extra: Callable[[tarfile.TarFile], None],
+    member: str,
+    kind: str,
+) -> None:
+    """Even a link whose target stays inside is refused: CUB has none, so none is needed."""
+    from stnrepro.data import download
+    from stnrepro.errors import DataError
+
+    bad = _tiny_cub_with(tmp_path, extra)
+    calls = _count_extract_calls(monkeypatch)
+    out = tmp_path / "data"
+    with pytest.raises(DataError) as info:
+        download.extract_archive(bad, out, progress=False)
+    assert str(info.value) == (
+        f"{bad}: refusing to extract member {member!r} "
+        f"({kind}; expected only regular files and folders)"
+    )
+    assert calls == []
+    assert list(out.iterdir()) == []
