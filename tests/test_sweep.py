@@ -16,6 +16,8 @@ from cub_fixture import write_tiny_cub
 from stnrepro.results.records import load_records
 from stnrepro.results.table import aggregate
 
+pytestmark = pytest.mark.slow  # every test here runs the real CLI in subprocesses
+
 
 @pytest.fixture(scope="module")
 def cub_root(tmp_path_factory) -> Path:

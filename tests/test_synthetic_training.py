@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from stnrepro.train import train
 
 CHANCE = 1 / 8  # synth_birds_tiny has 8 classes
@@ -12,6 +14,7 @@ CHANCE = 1 / 8  # synth_birds_tiny has 8 classes
 THRESHOLD = 0.19
 
 
+@pytest.mark.slow
 def test_short_cpu_run_on_tiny_synthetic_birds_beats_chance(make_cfg, tmp_path):
     cfg = make_cfg(
         [
