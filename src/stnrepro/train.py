@@ -29,8 +29,9 @@ from pytorch_lightning.loggers import Logger
 from stnrepro.config import CONFIG_NAME, CONFIG_PATH
 from stnrepro.errors import ConfigError, StnreproError, one_line
 from stnrepro.models.st_cnn import validate_model_args
+from stnrepro.records.schema import RECORD_FILENAME
+from stnrepro.records.writer import RecordWriter, table_cell
 from stnrepro.reproducibility import RNGStateCallback, resolve_ckpt_path
-from stnrepro.run_record import RunRecord, table_cell
 
 log = logging.getLogger("stnrepro")
 
@@ -137,7 +138,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test one run described by ``cfg``; return its record (also in metrics.json)."""
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    record = RunRecord(
+    record = RecordWriter(
         output_dir, table_cell(cfg), epochs=OmegaConf.select(cfg, "trainer.max_epochs")
     )
     logger: Logger | None = None
@@ -191,7 +192,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return record.data
 
 
-def _log_summary(logger: Logger, record: RunRecord) -> None:
+def _log_summary(logger: Logger, record: RecordWriter) -> None:
     """Store the record as the W&B run summary key ``record`` (what the table reads)."""
     experiment = getattr(logger, "experiment", None)
     summary = getattr(experiment, "summary", None)
@@ -232,7 +233,7 @@ def main(cfg: DictConfig) -> float | None:
         ", ".join(
             f"{k}={v:.4f}" for k, v in metrics.items() if k.endswith("/acc") and v is not None
         ),
-        Path(record["output_dir"]) / "metrics.json",
+        Path(record["output_dir"]) / RECORD_FILENAME,
     )
     return metrics.get("test/acc")
 
