@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from cub_fixture import write_tiny_cub
 
-from stnrepro.results.records import load_records
-from stnrepro.results.table import aggregate
+from stnrepro.records.reader import load_records
+from stnrepro.results.aggregate import aggregate
 
 pytestmark = pytest.mark.slow  # every test here runs the real CLI in subprocesses
 

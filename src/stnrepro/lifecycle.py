@@ -29,7 +29,7 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
 from stnrepro.errors import ConfigError
-from stnrepro.run_record import write_json_atomic
+from stnrepro.records.writer import write_json_atomic
 
 DEFINITION_NAME = "run_config.json"
 LOCK_NAME = ".stnrepro.lock"

@@ -31,8 +31,9 @@ from stnrepro.config import CONFIG_NAME, CONFIG_PATH
 from stnrepro.errors import ConfigError, StnreproError, one_line
 from stnrepro.lifecycle import check_same_run, hold_output_dir, run_definition, save_definition
 from stnrepro.models.st_cnn import validate_model_args
+from stnrepro.records.schema import RECORD_FILENAME
+from stnrepro.records.writer import RecordWriter, table_cell
 from stnrepro.reproducibility import RNGStateCallback, resolve_ckpt_path
-from stnrepro.run_record import RECORD_NAME, RunRecord, table_cell
 
 log = logging.getLogger("stnrepro")
 
@@ -149,14 +150,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 log.info(
                     "run %s already finished; nothing to do. Its record: %s",
                     finished.get("run_name"),
-                    output_dir / RECORD_NAME,
+                    output_dir / RECORD_FILENAME,
                 )
                 return finished
         return _fit_and_test(cfg, output_dir, definition)
 
 
 def _finished_record(output_dir: Path) -> dict[str, Any] | None:
-    path = output_dir / RECORD_NAME
+    path = output_dir / RECORD_FILENAME
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -165,7 +166,7 @@ def _finished_record(output_dir: Path) -> dict[str, Any] | None:
 
 
 def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any]) -> dict[str, Any]:
-    record = RunRecord(
+    record = RecordWriter(
         output_dir, table_cell(cfg), epochs=OmegaConf.select(cfg, "trainer.max_epochs")
     )
     logger: Logger | None = None
@@ -220,7 +221,7 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any])
     return record.data
 
 
-def _log_summary(logger: Logger, record: RunRecord) -> None:
+def _log_summary(logger: Logger, record: RecordWriter) -> None:
     """Store the record as the W&B run summary key ``record`` (what the table reads)."""
     experiment = getattr(logger, "experiment", None)
     summary = getattr(experiment, "summary", None)
@@ -261,7 +262,7 @@ def main(cfg: DictConfig) -> float | None:
         ", ".join(
             f"{k}={v:.4f}" for k, v in metrics.items() if k.endswith("/acc") and v is not None
         ),
-        Path(record["output_dir"]) / "metrics.json",
+        Path(record["output_dir"]) / RECORD_FILENAME,
     )
     return metrics.get("test/acc")
 

@@ -1,10 +1,9 @@
-"""The machine-readable record every run leaves: ``metrics.json`` in its output directory.
+"""The writer of a run's record (``metrics.json``, schema in ``stnrepro.records.schema``).
 
-It is what the table script reads (see ``stnrepro.results.records``). The file is always
-replaced atomically (write a temporary file, then rename), so a reader never sees half a
-record, and it is written at start (status ``running``), at the end (``finished``) and on
-an error (``failed`` with a one-line ``error``): a run killed without warning stays
-``running`` and is counted as unfinished.
+The file is always replaced atomically (write a temporary file, then rename), so a reader
+never sees half a record, and it is written at start (status ``running``), at the end
+(``finished``) and on an error (``failed`` with a one-line ``error``): a run killed without
+warning stays ``running`` and is counted as unfinished.
 """
 
 from __future__ import annotations
@@ -20,9 +19,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from stnrepro.errors import one_line
+from stnrepro.records.schema import CELL_KEYS, RECORD_FILENAME, SCHEMA_VERSION
 
-SCHEMA_VERSION = 1
-RECORD_NAME = "metrics.json"
+# A failed run's error is cut to this many characters (a DataLoader traceback can be huge).
+MAX_ERROR_CHARS = 2000
 
 
 def now_iso() -> str:
@@ -35,18 +35,6 @@ def run_name(num_transformers: Any, image_size: Any, seed: Any) -> str:
     return f"{model}-{image_size}-s{seed}"
 
 
-CELL_KEYS: dict[str, tuple[str, type]] = {
-    "dataset": ("data.name", str),
-    "backbone": ("model.backbone", str),
-    "pretrained": ("model.pretrained", bool),
-    "image_size": ("data.image_size", int),
-    "crop_size": ("model.crop_size", int),
-    "num_transformers": ("model.num_transformers", int),
-    "transform": ("model.transform", str),
-    "seed": ("seed", int),
-}
-
-
 def table_cell(cfg: DictConfig) -> dict[str, Any]:
     """The config values that define a run's table cell (and that must not be mixed).
 
@@ -54,9 +42,10 @@ def table_cell(cfg: DictConfig) -> dict[str, Any]:
     still says which value it was.
     """
     cell = {}
-    for name, (key, kind) in CELL_KEYS.items():
-        value = OmegaConf.select(cfg, key)
-        cell[name] = value if value is None or isinstance(value, kind) else _coerce(kind, value)
+    for key in CELL_KEYS:
+        value = OmegaConf.select(cfg, key.config)
+        ok = value is None or isinstance(value, key.kind)
+        cell[key.name] = value if ok else _coerce(key.kind, value)
     return cell
 
 
@@ -67,7 +56,7 @@ def _coerce(kind: type, value: Any) -> Any:
         return value
 
 
-def _plain(value: Any) -> Any:
+def _json_scalar(value: Any) -> Any:
     """JSON-safe scalars: tensors to floats, non-finite floats to None."""
     if hasattr(value, "item"):
         value = value.item()
@@ -90,11 +79,11 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
-class RunRecord:
-    """Builds and rewrites one run's ``metrics.json``."""
+class RecordWriter:
+    """Builds and rewrites one run's ``metrics.json``; ``data`` is the record as a dict."""
 
     def __init__(self, output_dir: str | Path, cell: dict[str, Any], epochs: int | None) -> None:
-        self.path = Path(output_dir) / RECORD_NAME
+        self.path = Path(output_dir) / RECORD_FILENAME
         self.data: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "status": "running",
@@ -117,7 +106,7 @@ class RunRecord:
         write_json_atomic(self.path, self.data)
 
     def update_metrics(self, metrics: dict[str, Any]) -> None:
-        self.data["metrics"].update({k: _plain(v) for k, v in sorted(metrics.items())})
+        self.data["metrics"].update({k: _json_scalar(v) for k, v in sorted(metrics.items())})
 
     def _end(self, status: str, error: str | None) -> None:
         self.data["status"] = status
@@ -133,4 +122,4 @@ class RunRecord:
     def fail(self, error: BaseException | str) -> None:
         if not isinstance(error, str):
             error = f"{type(error).__name__}: {one_line(error)}"
-        self._end("failed", error[:2000])
+        self._end("failed", error[:MAX_ERROR_CHARS])

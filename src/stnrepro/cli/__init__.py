@@ -1,0 +1,1 @@
+"""Command-line entry points (console scripts), one module per command."""

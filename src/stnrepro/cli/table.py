@@ -1,0 +1,88 @@
+"""``stn-table``: regenerate the CUB comparison table (paper Table 3 layout) from run records.
+
+    stn-table --runs multirun/2026-11-22/10-00-00
+    stn-table --wandb ENTITY/PROJECT --group sweep-x --out results/
+    stn-table --runs multirun/... --with-attention
+
+Writes ``<name>.md/.csv/.tex/.png`` to ``--out`` and prints the table. Any problem with
+the records is one line on stderr and exit status 2, with nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from stnrepro.errors import StnreproError
+from stnrepro.records.reader import load_records, load_wandb_records
+from stnrepro.records.schema import RECORD_FILENAME
+from stnrepro.results.aggregate import aggregate
+from stnrepro.results.render import default_table_name, print_table, write_table
+
+PROG = "stn-table"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=f"Regenerate the CUB comparison table from run records ({RECORD_FILENAME}).",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--runs", metavar="PATH", help=f"directory searched recursively for {RECORD_FILENAME}"
+    )
+    source.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from W&B")
+    parser.add_argument("--group", help="W&B run group (required with --wandb)")
+    parser.add_argument("--name", help="output file stem (default: <dataset>_table)")
+    parser.add_argument("--out", default="results", help="output directory (default: results)")
+    parser.add_argument("--dataset", help="use only runs of this dataset")
+    parser.add_argument("--backbone", help="use only runs of this backbone")
+    parser.add_argument(
+        "--pretrained",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="use only pretrained (or, with --no-pretrained, from-scratch) runs",
+    )
+    parser.add_argument("--metric", default="test/acc", help="metric key (default: test/acc)")
+    parser.add_argument(
+        "--with-attention",
+        action="store_true",
+        help="also tabulate where the transformers look (IoU with the bird box, centre/head/"
+        "body hit rates per transformer; keys <stage>/st{i}/..., stage from --metric)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 2 bad input: nothing written)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed usage / help
+        return int(exc.code or 0)
+    if args.wandb and not args.group:
+        parser.print_usage(sys.stderr)
+        print(f"{PROG}: error: --wandb needs --group", file=sys.stderr)
+        return 2
+    try:
+        if args.runs is not None:
+            records = load_records(args.runs)
+        else:
+            records = load_wandb_records(args.wandb, args.group)
+        table = aggregate(
+            records,
+            metric=args.metric,
+            dataset=args.dataset,
+            backbone=args.backbone,
+            pretrained=args.pretrained,
+            attention=args.with_attention,
+        )
+        paths = write_table(table, args.out, args.name or default_table_name(table))
+    except StnreproError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    print_table(table)
+    for path in paths:
+        print(f"wrote {path}")
+    return 0

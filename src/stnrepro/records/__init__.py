@@ -1,0 +1,1 @@
+"""Run records: the schema (``schema``), what a run writes (``writer``), what the table reads."""

@@ -1,0 +1,258 @@
+"""The run-record schema, in one place: what writer and reader agree on, and its validation.
+
+Every run leaves ``metrics.json`` (``RECORD_FILENAME``) in its output directory; W&B keeps
+the same dict in ``run.summary["record"]``. The writer (``stnrepro.records.writer``) builds
+it, the reader (``stnrepro.records.reader``) finds and validates it. A record is validated
+once, here, so the table can trust its types; any problem is one line naming the source (file
+or W&B run) and the key, because a silently skipped run would make the table lie about n.
+
+Schema (version 1)::
+
+    schema_version  int, must be 1
+    status          "finished" | "failed" | "running"   (running = unfinished or killed)
+    error           str | null                           (one line when failed)
+    run_name        str
+    started_at      ISO-8601 str | null
+    finished_at     ISO-8601 str | null                  (required when finished)
+    cell            the fields of RunCell, in that order (crop_size and transform optional)
+    metrics         {name: number | null}                (accuracies are fractions in [0, 1])
+    logger, epochs, wall_time_s, output_dir              optional, type-checked when present
+
+The cell keys are defined once, as the fields of ``RunCell``: each field's metadata names the
+config key it is read from, its type and its minimum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
+
+from stnrepro.errors import StnreproError
+
+SCHEMA_VERSION = 1
+RECORD_FILENAME = "metrics.json"
+STATUSES = ("finished", "failed", "running")
+
+
+class RecordError(StnreproError):
+    """A run record is missing or malformed (message: ``source: what is wrong``)."""
+
+
+def parse_timestamp(value: str) -> datetime:
+    """Parse an ISO-8601 timestamp; naive times are taken as UTC so all compare."""
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed
+
+
+def _cell_key(
+    config: str, kind: type, *, optional: bool = False, minimum: int | None = None
+) -> Any:
+    """A RunCell field: read from config key ``config``, of type ``kind``."""
+    meta = {"config": config, "kind": kind, "required": not optional, "minimum": minimum}
+    return field(default=None, metadata=meta) if optional else field(metadata=meta)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunCell:
+    """The experimental cell a run belongs to (what the table groups and checks on).
+
+    Field order is the order of the ``cell`` keys in ``metrics.json``.
+    """
+
+    dataset: str = _cell_key("data.name", str)
+    backbone: str = _cell_key("model.backbone", str)
+    pretrained: bool = _cell_key("model.pretrained", bool)
+    image_size: int = _cell_key("data.image_size", int, minimum=1)
+    crop_size: int | None = _cell_key("model.crop_size", int, optional=True, minimum=1)
+    num_transformers: int = _cell_key("model.num_transformers", int, minimum=0)
+    transform: str | None = _cell_key("model.transform", str, optional=True)
+    seed: int = _cell_key("seed", int)
+
+
+class CellKey(NamedTuple):
+    """One ``cell`` key of the schema (from the RunCell field of the same name)."""
+
+    name: str
+    config: str
+    kind: type
+    required: bool
+    minimum: int | None
+
+
+CELL_KEYS: tuple[CellKey, ...] = tuple(CellKey(f.name, **f.metadata) for f in fields(RunCell))
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One validated run record; ``source`` names where it came from, for error messages."""
+
+    source: str
+    status: str
+    run_name: str
+    cell: RunCell
+    metrics: Mapping[str, float | None]
+    started_at: str | None = None
+    finished_at: str | None = None
+    error: str | None = None
+    logger: Mapping[str, Any] | None = None
+    epochs: int | None = None
+    wall_time_s: float | None = None
+    output_dir: str | None = None
+    schema_version: int = SCHEMA_VERSION
+    config: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run completed and its metrics may be used."""
+        return self.status == "finished"
+
+    @property
+    def finished_datetime(self) -> datetime | None:
+        """``finished_at`` as an aware datetime (validated at parse time)."""
+        return None if self.finished_at is None else parse_timestamp(self.finished_at)
+
+    @classmethod
+    def from_dict(
+        cls, data: Any, source: str, config: Mapping[str, Any] | None = None
+    ) -> RunRecord:
+        """Validate a decoded ``metrics.json`` dict; raise RecordError naming ``source``."""
+        return _parse_record(data, source, config)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def fail(source: str, what: str) -> RecordError:
+    """The one-line error for a bad record: ``source: what``."""
+    return RecordError(f"{source}: {what}")
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# kind -> (check, words for the error message); a Python type names the kind of a cell key.
+_KINDS = {
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "int": (_is_int, "an integer"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "number": (_is_number, "a number"),
+    "dict": (lambda v: isinstance(v, Mapping), "an object"),
+}
+
+
+def _get(
+    data: Mapping[str, Any],
+    key: str,
+    kind: str,
+    source: str,
+    *,
+    prefix: str = "",
+    required: bool = True,
+    nullable: bool = False,
+) -> Any:
+    """Fetch ``data[key]`` and check it is of ``kind`` (a key of ``_KINDS``)."""
+    name = f"{prefix}{key}"
+    if key not in data:
+        if required:
+            raise fail(source, f"missing required key '{name}'")
+        return None
+    value = data[key]
+    check, words = _KINDS[kind]
+    if value is None:
+        if nullable or not required:
+            return None
+        raise fail(source, f"key '{name}' must be {words}, got null")
+    if not check(value):
+        raise fail(source, f"key '{name}' must be {words}, got {value!r} ({_type_name(value)})")
+    return value
+
+
+def _get_timestamp(data: Mapping[str, Any], key: str, source: str) -> str | None:
+    value = _get(data, key, "str", source, required=False, nullable=True)
+    if value is not None:
+        try:
+            parse_timestamp(value)
+        except ValueError:
+            raise fail(
+                source, f"key '{key}' must be an ISO-8601 timestamp, got {value!r}"
+            ) from None
+    return value
+
+
+def _parse_cell(raw: Mapping[str, Any], source: str) -> RunCell:
+    values: dict[str, Any] = {}
+    for key in CELL_KEYS:
+        value = _get(
+            raw, key.name, key.kind.__name__, source, prefix="cell.", required=key.required
+        )
+        if value is not None and key.minimum is not None and value < key.minimum:
+            raise fail(source, f"key 'cell.{key.name}' must be >= {key.minimum}, got {value}")
+        values[key.name] = value
+    return RunCell(**values)
+
+
+def _parse_metrics(raw: Mapping[str, Any], source: str) -> dict[str, float | None]:
+    metrics: dict[str, float | None] = {}
+    for name, value in raw.items():
+        if value is not None and not _is_number(value):
+            raise fail(
+                source,
+                f"metric 'metrics.{name}' must be a number or null, "
+                f"got {value!r} ({_type_name(value)})",
+            )
+        metrics[str(name)] = None if value is None else float(value)
+    return metrics
+
+
+def _parse_record(data: Any, source: str, config: Mapping[str, Any] | None) -> RunRecord:
+    if not isinstance(data, Mapping):
+        raise fail(source, f"expected a JSON object, got {_type_name(data)}")
+    version = _get(data, "schema_version", "int", source)
+    if version != SCHEMA_VERSION:
+        raise fail(
+            source,
+            f"unsupported schema_version {version} (this reader understands {SCHEMA_VERSION})",
+        )
+    status = _get(data, "status", "str", source)
+    if status not in STATUSES:
+        raise fail(source, f"key 'status' must be one of {', '.join(STATUSES)}, got {status!r}")
+    name = _get(data, "run_name", "str", source)
+    cell = _parse_cell(_get(data, "cell", "dict", source), source)
+    metrics = _parse_metrics(_get(data, "metrics", "dict", source), source)
+    started_at = _get_timestamp(data, "started_at", source)
+    finished_at = _get_timestamp(data, "finished_at", source)
+    if status == "finished" and finished_at is None:
+        raise fail(source, "a finished run needs 'finished_at' (used to pick the latest rerun)")
+    wall = _get(data, "wall_time_s", "number", source, required=False)
+    return RunRecord(
+        source=source,
+        status=status,
+        run_name=name,
+        cell=cell,
+        metrics=metrics,
+        started_at=started_at,
+        finished_at=finished_at,
+        error=_get(data, "error", "str", source, required=False),
+        logger=_get(data, "logger", "dict", source, required=False),
+        epochs=_get(data, "epochs", "int", source, required=False),
+        wall_time_s=None if wall is None else float(wall),
+        output_dir=_get(data, "output_dir", "str", source, required=False),
+        schema_version=version,
+        config=config,
+    )

@@ -1,0 +1,71 @@
+"""One run-record schema: what the writer writes is exactly what the reader accepts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from stnrepro.records.reader import load_records, read_record_file
+from stnrepro.records.schema import RECORD_FILENAME, RecordError
+from stnrepro.records.writer import RecordWriter, table_cell
+
+# Schema 1 as written by train.py before the writer and reader shared one module.
+TOP_LEVEL_KEYS = [
+    "schema_version", "status", "error", "run_name", "started_at", "finished_at", "cell",
+    "metrics", "logger", "epochs", "wall_time_s", "output_dir",
+]  # fmt: skip
+CELL_ORDER = [
+    "dataset", "backbone", "pretrained", "image_size", "crop_size", "num_transformers",
+    "transform", "seed",
+]  # fmt: skip
+
+
+def cfg(**model: object) -> object:
+    return OmegaConf.create(
+        {
+            "data": {"name": "cub", "image_size": "448"},  # a string is coerced to int
+            "model": {
+                "backbone": "small",
+                "pretrained": False,
+                "crop_size": 224,
+                "num_transformers": 2,
+                "transform": "attention",
+                **model,
+            },
+            "seed": 3,
+        }
+    )
+
+
+def test_written_record_keeps_schema_1_and_reads_back(tmp_path: Path) -> None:
+    writer = RecordWriter(tmp_path, table_cell(cfg()), epochs=2)
+    writer.save()
+    written = json.loads((tmp_path / RECORD_FILENAME).read_text())
+    assert list(written) == TOP_LEVEL_KEYS and list(written["cell"]) == CELL_ORDER
+    assert written["schema_version"] == 1 and written["run_name"] == "2xST-448-s3"
+    assert read_record_file(tmp_path / RECORD_FILENAME).status == "running"
+
+    writer.update_metrics({"test/acc": 0.5, "test/loss": float("nan")})
+    writer.finish()
+    (record,) = load_records(tmp_path)
+    assert record.status == "finished" and record.cell.image_size == 448
+    assert record.metrics == {"test/acc": 0.5, "test/loss": None}
+
+
+def test_failed_record_reads_back_with_its_error(tmp_path: Path) -> None:
+    writer = RecordWriter(tmp_path, table_cell(cfg()), epochs=2)
+    writer.fail(RuntimeError("boom\n  at line 3"))
+    record = read_record_file(tmp_path / RECORD_FILENAME)
+    assert record.status == "failed" and record.error == "RuntimeError: boom at line 3"
+
+
+def test_cell_value_below_its_minimum_names_file_and_key(tmp_path: Path) -> None:
+    writer = RecordWriter(tmp_path, table_cell(cfg(num_transformers=-1)), epochs=2)
+    writer.finish()
+    with pytest.raises(RecordError) as err:
+        load_records(tmp_path)
+    path = tmp_path / RECORD_FILENAME
+    assert str(err.value) == f"{path}: key 'cell.num_transformers' must be >= 0, got -1"
