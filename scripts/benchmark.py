@@ -45,7 +45,7 @@ token                 meaning (config option)
 ``cl``                channels_last weights and inputs (no config option yet)
 ``fused``             ``torch.optim.SGD(fused=True)`` (``+model.optimizer.fused=true``)
 ``analytic``          sampler without ``F.affine_grid``, one call for N crops
-                      (``model.sampler=analytic``, see ``stnrepro.models.fast_crops``)
+                      (``model.sampler=analytic``, see ``stnrepro.models.samplers``)
 ``roi_align``         ``torchvision.ops.roi_align`` crops with exact gradients
                       (``model.sampler=roi_align``)
 ``compile``           ``torch.compile`` of each trunk (``dynamic=False``; no config option
@@ -120,7 +120,7 @@ except ImportError:  # run from a checkout without installing: use its src/
 import pytorch_lightning as pl  # noqa: E402
 
 from stnrepro.data.cub import CUBDataModule, CUBIndex  # noqa: E402
-from stnrepro.models.fast_crops import SAMPLERS, sample_crops  # noqa: E402
+from stnrepro.models.samplers import SAMPLERS, sample_crops  # noqa: E402
 from stnrepro.models.st_cnn import STCNN  # noqa: E402
 from stnrepro.module import STCNNModule  # noqa: E402
 
@@ -1164,7 +1164,7 @@ def render_report(b: Benchmark) -> str:
         "",
         "naive: the reference; bench: cuDNN autotuning; bf16: bf16 autocast; cl: "
         "channels_last; fused: fused SGD; analytic / roi_align: fast crop samplers (same "
-        "function, `tests/test_fast_crops.py`); compile: `torch.compile` per trunk "
+        "function, `tests/test_samplers.py`); compile: `torch.compile` per trunk "
         "(`dynamic=False`); compile_net: whole model; cudagraphs: compile mode reduce-overhead; "
         "autotune: compile mode max-autotune-no-cudagraphs; b<N>: batch size; w<N>: workers.",
         "",

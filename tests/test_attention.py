@@ -29,7 +29,8 @@ from stnrepro.attention import (
 from stnrepro.callbacks import AttentionFigureCallback
 from stnrepro.data import synth_draw
 from stnrepro.data.transforms import full_view, map_box
-from stnrepro.models.spatial_transformer import attention_theta, crop_boxes, sample
+from stnrepro.models.samplers import crop_boxes, sample
+from stnrepro.models.spatial_transformer import attention_theta
 
 REPO = Path(__file__).resolve().parents[1]
 CUB_PARTS = (

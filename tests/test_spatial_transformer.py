@@ -5,14 +5,8 @@ import math
 import pytest
 import torch
 
-from stnrepro.models.spatial_transformer import (
-    SpatialTransformer,
-    attention_theta,
-    crop_boxes,
-    initial_centres,
-    outside_fraction,
-    sample,
-)
+from stnrepro.models.samplers import crop_boxes, outside_fraction, sample
+from stnrepro.models.spatial_transformer import SpatialTransformer, attention_theta, initial_centres
 
 
 def identity(batch: int) -> torch.Tensor:
@@ -73,6 +67,17 @@ def test_crop_boxes_and_outside_fraction():
     frac = outside_fraction(theta)
     assert frac[0].item() == 0.0
     assert frac[1].item() == pytest.approx(0.25)  # box x in [0.25, 1.25]: a quarter outside
+
+
+def test_outside_fraction_counts_the_crop_pixel_centres_for_any_affine_theta():
+    theta = torch.rand(5, 2, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    theta = 3 * theta - 1.5
+    centres = (torch.arange(16, dtype=torch.float64) + 0.5) / 8 - 1
+    expected = []
+    for th in theta:
+        pts = [th @ torch.tensor([x, y, 1.0], dtype=th.dtype) for y in centres for x in centres]
+        expected.append(sum(bool((p.abs() > 1).any()) for p in pts) / 256)
+    assert outside_fraction(theta).tolist() == expected
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4])

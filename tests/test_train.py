@@ -116,6 +116,41 @@ def test_cli_refuses_bad_input_with_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_model_errors_raised_while_building_are_one_line_before_data_is_read(tmp_path):
+    """A model value only the constructor can judge is one line, not Hydra's wrapped traceback."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "stnrepro.train", "data=cub", f"data.root={tmp_path}/nope",
+         "model.backbone=small", "model.pretrained=true", f"hydra.run.dir={tmp_path}/run",
+         "logger=none"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        "error: model.pretrained=true: backbone 'small' has no ImageNet weights (expected "
+        "model.pretrained=false, or backbone inception_v3/resnet50)"
+    ]
+    assert "Traceback" not in proc.stderr
+
+
+def test_model_values_are_validated_once_per_run(cub_root, make_cfg, monkeypatch):
+    import stnrepro.models.st_cnn as st_cnn
+    import stnrepro.train as train_module
+
+    calls = []
+    check = st_cnn.validate_model_args
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(st_cnn, "validate_model_args", counted)
+    monkeypatch.setattr(train_module, "validate_model_args", counted, raising=False)
+    cfg = make_cfg([*tiny_overrides(cub_root, 2), "trainer.max_epochs=1", "test=false"])
+    assert train(cfg)["status"] == "finished"
+    assert len(calls) == 1
+
+
 def test_logger_summary_gets_the_finished_record(cub_root, make_cfg, monkeypatch):
     """The table reads W&B runs' summary record: it must say finished, not running."""
     import stnrepro.train as train_module

@@ -7,7 +7,7 @@ are used for *evaluation only*: nothing in this module feeds back into training.
 Coordinates: everything is in the normalised frame of the network input (``align_corners
 =False``: the image spans ``[-1, 1]`` and -1/+1 are the outer pixel edges), the frame in which
 the data module returns ``bbox`` and ``parts`` and in which
-:func:`~stnrepro.models.spatial_transformer.crop_boxes` turns theta into a box. Crop boxes are
+:func:`~stnrepro.models.samplers.crop_boxes` turns theta into a box. Crop boxes are
 clipped to the image before they are compared with anything: what lies outside is border
 padding, not bird (a no-op for the bounded attention transform, whose crop never leaves
 the image).
@@ -40,7 +40,7 @@ from matplotlib.patches import Polygon, Rectangle
 from torch import Tensor
 from torchmetrics import Metric
 
-from stnrepro.models.spatial_transformer import crop_boxes
+from stnrepro.models.samplers import crop_boxes, crop_corners
 
 __all__ = [
     "BODY_PARTS",
@@ -49,7 +49,6 @@ __all__ = [
     "TRANSFORMER_COLOURS",
     "AttentionMetrics",
     "box_iou",
-    "crop_corners",
     "datamodule_part_names",
     "figure_to_rgb",
     "normalise_part_name",
@@ -142,18 +141,6 @@ def points_in_boxes(points: Tensor, boxes: Tensor) -> Tensor:
     """Whether ``(..., 2)`` points lie in ``(..., 4)`` boxes (closed, broadcast): bool (...)."""
     x, y = points[..., 0], points[..., 1]
     return (x >= boxes[..., 0]) & (x <= boxes[..., 2]) & (y >= boxes[..., 1]) & (y <= boxes[..., 3])
-
-
-def crop_corners(theta: Tensor) -> Tensor:
-    """The crop's four corners (TL, TR, BR, BL) in input coordinates: (..., 2, 3) -> (..., 4, 2).
-
-    Drawn instead of :func:`crop_boxes` so that an affine crop shows its true (rotated or
-    sheared) outline; for the attention transform both are the same square.
-    """
-    corners = theta.new_tensor(
-        [[-1.0, -1.0, 1.0], [1.0, -1.0, 1.0], [1.0, 1.0, 1.0], [-1.0, 1.0, 1.0]]
-    )
-    return torch.einsum("...ij,kj->...ki", theta, corners)
 
 
 # --------------------------------------------------------------------------- metric
@@ -260,6 +247,7 @@ def render_attention_figure(
     b, n = images.shape[0], theta.shape[1]
     if len(crops) != n:
         raise ValueError(f"crops: expected {n} tensors (one per transformer), got {len(crops)}")
+    # Corners, not crop_boxes: an affine crop is drawn with its true (rotated, sheared) outline.
     corners = crop_corners(theta.detach().float().cpu())  # (B, N, 4, 2)
     cols = 1 + n
     fig = Figure(figsize=(panel_inches * cols, panel_inches * b + 0.3), dpi=100)

@@ -20,13 +20,17 @@ class WeightsUnavailableError(StnreproError):
 
 
 def one_line(exc: BaseException) -> str:
-    """The user-facing line of an error, also when a DataLoader worker re-raised it.
+    """The user-facing line of an error: the first line of its message, whitespace collapsed.
 
-    PyTorch re-raises worker exceptions with the worker's traceback in the message; the
-    original ``module.Class: message`` line is its last line.
+    The one helper for "say what went wrong in one line" (CLI errors, run records, the reason
+    in parentheses of a wrapped error). An exception without a message gives its class name.
+    PyTorch re-raises DataLoader worker exceptions with the worker's traceback in the message;
+    there the original ``module.Class: message`` line is the last line, and its message is
+    returned.
     """
     text = str(exc).strip()
+    lines = text.splitlines()
     if "Original Traceback" in text:
-        last = text.splitlines()[-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
-    return " ".join(text.split())
+        last = lines[-1]
+        lines = [last.split(": ", 1)[1] if ": " in last else last]
+    return " ".join(lines[0].split()) if lines else type(exc).__name__

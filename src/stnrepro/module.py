@@ -23,7 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from stnrepro.attention import AttentionMetrics, datamodule_part_names
 from stnrepro.errors import ConfigError, StnreproError
-from stnrepro.models.spatial_transformer import outside_fraction
+from stnrepro.models.samplers import outside_fraction
 from stnrepro.models.st_cnn import STCNN
 
 STAGES = ("train", "val", "test")

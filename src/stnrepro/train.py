@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -30,7 +31,6 @@ from pytorch_lightning.loggers import Logger
 from stnrepro.config import CONFIG_NAME, CONFIG_PATH
 from stnrepro.errors import ConfigError, StnreproError, one_line
 from stnrepro.lifecycle import check_same_run, hold_output_dir, run_definition, save_definition
-from stnrepro.models.st_cnn import validate_model_args
 from stnrepro.records.schema import RECORD_FILENAME
 from stnrepro.records.writer import RecordWriter, table_cell
 from stnrepro.reproducibility import RNGStateCallback, resolve_ckpt_path
@@ -109,24 +109,31 @@ def build_callbacks(cfg: DictConfig, has_logger: bool, has_val: bool) -> list[pl
     return callbacks
 
 
+def build(node: DictConfig) -> Any:
+    """``instantiate(node)``, letting the project's one-line errors through unwrapped.
+
+    Hydra wraps whatever a ``_target_`` raises in an ``InstantiationException`` (a multi-line
+    message that :func:`main` would not recognise); a :class:`StnreproError` from a constructor
+    (a bad model value, missing pretrained weights) is re-raised as itself instead.
+    """
+    try:
+        return instantiate(node)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, StnreproError):
+            raise exc.__cause__ from None
+        raise
+
+
 def validate_config(cfg: DictConfig) -> None:
-    """Cheap checks of the user-facing keys, before any data is read or model built."""
+    """Cheap checks of the run-level keys, before any data is read or model built.
+
+    The model's own values (``model.*``, ``data.image_size`` against the backbone) are
+    checked by :func:`~stnrepro.models.st_cnn.validate_model_args` when :func:`train` builds
+    the model, which it does before the data module reads anything.
+    """
     for key in ("data", "model", "trainer"):
         if not cfg.get(key):
             raise ConfigError(f"{key}: missing config group (expected e.g. {key}=...)")
-    m = cfg.model
-    validate_model_args(
-        backbone=m.backbone,
-        num_transformers=m.num_transformers,
-        image_size=cfg.data.image_size,
-        crop_size=m.crop_size,
-        transform=m.transform,
-        fixed_scale=m.fixed_scale,
-        init_scale=m.init_scale,
-        scale_bounds=tuple(m.scale_bounds),
-        dropout=m.dropout,
-        sampler=m.get("sampler", "grid_sample"),
-    )
     if cfg.get("test_ckpt") not in ("last", "best"):
         raise ConfigError(f"test_ckpt={cfg.get('test_ckpt')!r}: expected 'last' or 'best'")
 
@@ -177,9 +184,9 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any])
         save_definition(output_dir, definition)
         record.save()
         pl.seed_everything(cfg.seed, workers=True)
-        datamodule = instantiate(cfg.data)
-        datamodule.validate()  # index files checked before the model is built
-        model = instantiate(cfg.model)
+        model = build(cfg.model)  # refuses bad model values before any data is read
+        datamodule = build(cfg.data)
+        datamodule.validate()  # index files checked before the trainer starts
         logger = build_logger(cfg, output_dir, record.data["run_name"])
         if logger is not None:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

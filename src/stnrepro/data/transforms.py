@@ -28,6 +28,8 @@ from torchvision.transforms import RandomResizedCrop
 
 from stnrepro.errors import DataError
 
+#: The per-channel normalisation ImageNet-pretrained trunks expect (the one definition; the
+#: Inception trunk converts from it in ``stnrepro.models.backbones``).
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 from torchvision import models as tvm
 
-from stnrepro.errors import ConfigError, WeightsUnavailableError
+from stnrepro.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from stnrepro.errors import ConfigError, WeightsUnavailableError, one_line
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,8 @@ class InceptionTrunk(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.transform_input:
-            mean = x.new_tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-            std = x.new_tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+            mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+            std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
             x = (x * std + mean - 0.5) / 0.5
         return self.body(x)
 
@@ -126,10 +127,9 @@ def load_imagenet_state_dict(name: str) -> dict[str, Tensor]:
         return weights.get_state_dict(progress=True, check_hash=True)
     except Exception as exc:  # URLError, HTTPError, hash mismatch, corrupt file ...
         cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise WeightsUnavailableError(
             f"model.pretrained=true: cannot load ImageNet weights for {name} from {weights.url} "
-            f"({reason}); put the file at {cache} or set model.pretrained=false"
+            f"({one_line(exc)}); put the file at {cache} or set model.pretrained=false"
         ) from exc
 
 

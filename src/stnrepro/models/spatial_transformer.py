@@ -1,23 +1,10 @@
 """N parallel spatial transformers: regress bounded transform parameters and sample crops.
 
-Coordinate convention (PyTorch ``F.affine_grid``/``F.grid_sample`` with
-``align_corners=False``): an image spans ``[-1, 1]`` in x (left to right) and y (top to
-bottom), and -1/+1 are the outer *edges* of the border pixels, not their centres. A theta
-``[[a, b, tx], [c, d, ty]]`` maps each output location ``(x_o, y_o) in [-1, 1]^2`` to the
-input location ``(a x_o + b y_o + tx, c x_o + d y_o + ty)``; the identity theta therefore
-reproduces the input exactly at equal size, and for the attention transform
-``[[s, 0, tx], [0, s, ty]]`` the crop is the square centred at ``(tx, ty)`` whose side is
-``s`` times the image side. Samples outside the image take the nearest border pixel
-(``padding_mode="border"``): zero padding plus mean/std normalisation is known to pull
-transformers outwards (see the project README).
-
-Samplers (``sampler=``): ``grid_sample`` (this module's :func:`sample`, the reference),
-``analytic`` (same function; grid built without ``F.affine_grid`` so ``torch.compile`` works
-with symbolic shapes; one ``grid_sample`` call for all N crops) and ``roi_align`` (attention
-transform only; ``torchvision.ops.roi_align`` forward with exact gradients for image and theta).
-See :mod:`stnrepro.models.fast_crops`. Sample coordinates are always computed in float32 or
-wider: under bf16 autocast the head outputs a bf16 theta, and a bf16 grid misplaces samples
-by up to ~0.8 px at 448 px.
+Theta is in the frame of :mod:`stnrepro.models.samplers` (``align_corners=False``: the
+image spans ``[-1, 1]`` edge to edge, ``[[s, 0, tx], [0, s, ty]]`` is the square crop centred at
+``(tx, ty)`` with side ``s`` times the image side); the crops are sampled there with the
+chosen ``sampler`` (``grid_sample``, the reference; ``analytic``; ``roi_align``, attention
+only), all computing the same function.
 
 Parameterisations (all bounded, so a crop cannot run away):
 
@@ -43,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stnrepro.models.fast_crops import SAMPLERS, sample_crops
+from stnrepro.models.samplers import check_sampler, sample_crops
 
 Transform = Literal["attention", "affine"]
 TRANSFORMS: tuple[str, ...] = ("attention", "affine")
@@ -55,45 +42,6 @@ def attention_theta(scale: Tensor, tx: Tensor, ty: Tensor) -> Tensor:
     row0 = torch.stack([scale, zero, tx], dim=-1)
     row1 = torch.stack([zero, scale, ty], dim=-1)
     return torch.stack([row0, row1], dim=-2)
-
-
-def sample(image: Tensor, theta: Tensor, size: int) -> Tensor:
-    """Sample a ``size`` x ``size`` crop per image: (B,C,H,W), (B,2,3) -> (B,C,size,size).
-
-    Computed in float32 at least (float64 stays float64): a bf16 theta from an autocast
-    head would otherwise give a bf16 grid with samples off by up to ~0.8 px at 448 px.
-    """
-    dtype = torch.promote_types(torch.promote_types(image.dtype, theta.dtype), torch.float32)
-    shape = [image.shape[0], image.shape[1], size, size]
-    grid = F.affine_grid(theta.to(dtype), shape, align_corners=False)
-    return F.grid_sample(
-        image.to(dtype), grid, mode="bilinear", padding_mode="border", align_corners=False
-    )
-
-
-def crop_boxes(theta: Tensor) -> Tensor:
-    """Axis-aligned box ``(x0, y0, x1, y1)`` around each crop in input coordinates.
-
-    (..., 2, 3) -> (..., 4). Exact for the attention transform; for a general affine theta
-    it is the bounding box of the transformed output square.
-    """
-    corners = theta.new_tensor(
-        [[-1.0, -1.0, 1.0], [1.0, -1.0, 1.0], [1.0, 1.0, 1.0], [-1.0, 1.0, 1.0]]
-    )
-    pts = torch.einsum("...ij,kj->...ki", theta, corners)  # (..., 4 corners, 2)
-    lo = pts.amin(dim=-2)
-    hi = pts.amax(dim=-2)
-    return torch.cat([lo, hi], dim=-1)
-
-
-def outside_fraction(theta: Tensor, points: int = 16) -> Tensor:
-    """Fraction of each crop's sample locations outside the image: (..., 2, 3) -> (...)."""
-    lin = (torch.arange(points, device=theta.device, dtype=theta.dtype) + 0.5) / points * 2 - 1
-    gy, gx = torch.meshgrid(lin, lin, indexing="ij")
-    grid = torch.stack([gx.flatten(), gy.flatten(), torch.ones_like(gx.flatten())], dim=-1)
-    src = torch.einsum("...ij,kj->...ki", theta, grid)  # (..., P*P, 2)
-    outside = (src.abs() > 1).any(dim=-1)
-    return outside.to(theta.dtype).mean(dim=-1)
 
 
 def initial_centres(num_transformers: int, radius: float) -> list[tuple[float, float]]:
@@ -133,13 +81,7 @@ class SpatialTransformer(nn.Module):
         sampler: str = "grid_sample",
     ) -> None:
         super().__init__()
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler={sampler!r}: expected one of {', '.join(SAMPLERS)}")
-        if sampler == "roi_align" and transform != "attention":
-            raise ValueError(
-                f"sampler='roi_align' needs transform='attention' (got {transform!r}): "
-                "roi_align crops axis-aligned boxes only; use 'analytic' or 'grid_sample'"
-            )
+        check_sampler(sampler, transform)
         self.sampler = sampler
         self.num_transformers = num_transformers
         self.crop_size = crop_size

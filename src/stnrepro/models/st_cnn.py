@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from stnrepro.errors import ConfigError
 from stnrepro.models.backbones import backbone_spec, build_trunks, feature_map_size
-from stnrepro.models.fast_crops import SAMPLERS
+from stnrepro.models.samplers import check_sampler
 from stnrepro.models.spatial_transformer import TRANSFORMS, SpatialTransformer
 
 
@@ -80,13 +80,7 @@ def validate_model_args(
         )
     if not 0 <= dropout < 1:
         raise ConfigError(f"model.dropout={dropout}: expected a float in [0, 1)")
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"model.sampler={sampler!r}: expected one of {', '.join(SAMPLERS)}")
-    if sampler == "roi_align" and transform != "attention":
-        raise ConfigError(
-            f"model.sampler=roi_align: needs model.transform=attention (got {transform!r}); "
-            "use model.sampler=analytic or grid_sample for affine"
-        )
+    check_sampler(sampler, transform)
 
 
 class STCNN(nn.Module):

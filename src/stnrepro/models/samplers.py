@@ -1,10 +1,24 @@
-"""Fast attention-crop samplers that compute the same function as ``spatial_transformer.sample``.
+"""Crop samplers: the reference and two fast ones, all computing the same function.
 
-Why: the reference sampler (``F.affine_grid`` + ``F.grid_sample``, ``align_corners=False``,
-bilinear, ``padding_mode="border"``) is general (any affine theta) but ``F.affine_grid`` breaks
-``torch.compile`` with symbolic shapes, and ``grid_sample`` reads a full (B, S, S, 2) grid
-that is redundant for attention crops ``[[s_x, 0, t_x], [0, s_y, t_y]]`` (the paper's CUB
-transform, ``s_x = s_y = s``). Two replacements:
+Coordinate convention (PyTorch ``F.affine_grid``/``F.grid_sample`` with
+``align_corners=False``): an image spans ``[-1, 1]`` in x (left to right) and y (top to
+bottom), and -1/+1 are the outer *edges* of the border pixels, not their centres. A theta
+``[[a, b, tx], [c, d, ty]]`` maps each output location ``(x_o, y_o) in [-1, 1]^2`` to the
+input location ``(a x_o + b y_o + tx, c x_o + d y_o + ty)``; the identity theta therefore
+reproduces the input exactly at equal size, and for the attention transform
+``[[s, 0, tx], [0, s, ty]]`` the crop is the square centred at ``(tx, ty)`` whose side is
+``s`` times the image side. Samples outside the image take the nearest border pixel
+(``padding_mode="border"``): zero padding plus mean/std normalisation is known to pull
+transformers outwards (see the project README). :func:`crop_corners`, :func:`crop_boxes` and
+:func:`outside_fraction` describe a crop in the same frame.
+
+Samplers (``sampler=``, :data:`SAMPLERS`, dispatched by :func:`sample_crops`):
+
+``grid_sample`` (the reference, :func:`sample`)
+    ``F.affine_grid`` + ``F.grid_sample`` (bilinear, ``padding_mode="border"``): general (any
+    affine theta), but ``F.affine_grid`` breaks ``torch.compile`` with symbolic shapes, and
+    ``grid_sample`` reads a full (B, S, S, 2) grid that is redundant for attention crops
+    ``[[s_x, 0, t_x], [0, s_y, t_y]]`` (the paper's CUB transform, ``s_x = s_y = s``).
 
 ``analytic``
     The grid is built by broadcasting per-axis coordinates (no ``F.affine_grid``) and the N
@@ -25,7 +39,7 @@ transform, ``s_x = s_y = s``). Two replacements:
     simply the crop's square in pixel-edge coordinates.
 
     torchvision's ``roi_align`` backward returns NO gradient for the boxes (its registered
-    autograd formula returns ``None`` for ``rois``; checked in ``tests/test_fast_crops.py``),
+    autograd formula returns ``None`` for ``rois``; checked in ``tests/test_samplers.py``),
     so plain ``roi_align`` would silently leave the localisation network untrained. Here it
     is wrapped in an autograd Function: forward = ``roi_align``; backward w.r.t. the image =
     torchvision's ``_roi_align_backward`` (the exact adjoint of the forward); backward w.r.t.
@@ -34,7 +48,7 @@ transform, ``s_x = s_y = s``). Two replacements:
     the ST-CNN never needs), then the chain rule through the grid by per-axis sums.
 
 Outside the image. Samples whose pixel coordinate lies in ``[-1, W]`` (``[-1, H]``), i.e. at
-most half a pixel beyond the image edge, match ``padding_mode="border"`` in both paths
+most half a pixel beyond the image edge, match ``padding_mode="border"`` in both fast paths
 (roi_align clamps ``[-1, 0]`` to pixel 0 and ``[W-1, W]`` to pixel ``W-1``). Beyond that,
 ``analytic`` still matches (it IS ``grid_sample``), but ``roi_align`` returns 0 where the
 reference repeats the border pixel.
@@ -42,9 +56,10 @@ With the project's bounded attention parameterisation (``t = (1 - s) tanh(raw)``
 lies inside the image, so this never happens in training; use ``analytic`` for ``affine``
 or unbounded parameters.
 
-Precision: coordinates are computed in float32 even when theta arrives in bfloat16 (under
-bf16 autocast the localisation head outputs bf16; a bf16 grid would misplace samples by up to
-~0.8 px at 448 px), and the image is sampled in float32 (as autocast does for grid_sample).
+Precision: sample coordinates are always computed in float32 or wider, even when theta
+arrives in bfloat16 (under bf16 autocast the localisation head outputs bf16; a bf16 grid would
+misplace samples by up to ~0.8 px at 448 px), and the image is sampled in float32 (as autocast
+does for grid_sample); float64 stays float64 (the exactness tests).
 """
 
 from __future__ import annotations
@@ -54,13 +69,20 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import roi_align
 
+from stnrepro.errors import ConfigError
+
 __all__ = [
     "SAMPLERS",
     "analytic_attention_grid",
     "analytic_crops",
     "check_attention_theta",
+    "check_sampler",
+    "crop_boxes",
+    "crop_corners",
     "crop_rois",
+    "outside_fraction",
     "roi_align_crops",
+    "sample",
     "sample_crops",
 ]
 
@@ -71,9 +93,70 @@ _BILINEAR = 0  # aten grid_sampler interpolation_mode
 _BORDER = 1  # aten grid_sampler padding_mode
 
 
+def check_sampler(sampler: str, transform: str = "attention") -> None:
+    """Refuse an unknown sampler, or ``roi_align`` for a non-attention transform.
+
+    The one place of this rule: the config check, :class:`SpatialTransformer` and
+    :func:`sample_crops` all call it. The message names the config keys.
+    """
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"model.sampler={sampler!r}: expected one of {', '.join(SAMPLERS)}")
+    if sampler == "roi_align" and transform != "attention":
+        raise ConfigError(
+            f"model.sampler=roi_align: needs model.transform=attention (got {transform!r}); "
+            "use model.sampler=analytic or grid_sample for affine"
+        )
+
+
 def _work_dtype(t: Tensor) -> torch.dtype:
     """float64 stays float64 (exactness tests); everything else is computed in float32."""
     return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def sample(image: Tensor, theta: Tensor, size: int) -> Tensor:
+    """The reference: one ``size`` x ``size`` crop per image, (B,C,H,W), (B,2,3) -> (B,C,S,S).
+
+    ``F.affine_grid`` + ``F.grid_sample``, computed in float32 at least (float64 stays float64).
+    """
+    dtype = torch.promote_types(torch.promote_types(image.dtype, theta.dtype), torch.float32)
+    shape = [image.shape[0], image.shape[1], size, size]
+    grid = F.affine_grid(theta.to(dtype), shape, align_corners=False)
+    return F.grid_sample(
+        image.to(dtype), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+
+
+def crop_corners(theta: Tensor) -> Tensor:
+    """The crop's four corners (TL, TR, BR, BL) in input coordinates: (..., 2, 3) -> (..., 4, 2).
+
+    The exact (possibly rotated or sheared) outline of an affine crop; for the attention
+    transform it is the square :func:`crop_boxes` returns.
+    """
+    corners = theta.new_tensor(
+        [[-1.0, -1.0, 1.0], [1.0, -1.0, 1.0], [1.0, 1.0, 1.0], [-1.0, 1.0, 1.0]]
+    )
+    return torch.einsum("...ij,kj->...ki", theta, corners)
+
+
+def crop_boxes(theta: Tensor) -> Tensor:
+    """Axis-aligned box ``(x0, y0, x1, y1)`` around each crop in input coordinates.
+
+    (..., 2, 3) -> (..., 4). Exact for the attention transform; for a general affine theta
+    it is the bounding box of the transformed output square.
+    """
+    pts = crop_corners(theta)  # (..., 4 corners, 2)
+    return torch.cat([pts.amin(dim=-2), pts.amax(dim=-2)], dim=-1)
+
+
+def outside_fraction(theta: Tensor, points: int = 16) -> Tensor:
+    """Fraction of each crop's sample locations outside the image: (..., 2, 3) -> (...).
+
+    The locations are the pixel centres of a ``points`` x ``points`` crop (the analytic grid),
+    computed in float32 at least; the result has theta's dtype.
+    """
+    grid = analytic_attention_grid(theta, points)  # (..., P, P, 2)
+    outside = (grid.abs() > 1).any(dim=-1).flatten(-2)
+    return outside.to(theta.dtype).mean(dim=-1)
 
 
 def check_attention_theta(theta: Tensor) -> None:
@@ -221,13 +304,14 @@ def roi_align_crops(image: Tensor, theta: Tensor, size: int, validate: bool = Tr
 def sample_crops(
     image: Tensor, theta: Tensor, size: int, sampler: str = "grid_sample", validate: bool = True
 ) -> list[Tensor]:
-    """Dispatch on ``sampler`` (one of :data:`SAMPLERS`): (B,C,H,W), (B,N,2,3) -> N crops."""
-    if sampler == "grid_sample":
-        from stnrepro.models.spatial_transformer import sample  # noqa: PLC0415 (avoid a cycle)
+    """Dispatch on ``sampler`` (one of :data:`SAMPLERS`): (B,C,H,W), (B,N,2,3) -> N crops.
 
+    ``validate`` checks (with a host sync) that roi_align gets attention thetas; callers that
+    know the form statically pass False.
+    """
+    check_sampler(sampler)
+    if sampler == "grid_sample":
         return [sample(image, theta[:, i], size) for i in range(theta.shape[1])]
     if sampler == "analytic":
         return analytic_crops(image, theta, size)
-    if sampler == "roi_align":
-        return roi_align_crops(image, theta, size, validate)
-    raise ValueError(f"sampler={sampler!r}: expected one of {', '.join(SAMPLERS)}")
+    return roi_align_crops(image, theta, size, validate)

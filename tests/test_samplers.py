@@ -1,4 +1,4 @@
-"""The fast crop samplers compute the same function as ``spatial_transformer.sample``.
+"""The fast crop samplers compute the same function as the reference ``samplers.sample``.
 
 Why: the benchmark's speed-ups only count if the model is unchanged. Crops, gradients (to the
 image and to theta, i.e. to the localisation network) and a whole ST-CNN training step must
@@ -8,23 +8,28 @@ match the ``F.affine_grid`` + ``F.grid_sample`` reference within float tolerance
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from stnrepro.models.fast_crops import (
+from stnrepro.errors import ConfigError
+from stnrepro.models.samplers import (
     SAMPLERS,
     analytic_attention_grid,
     analytic_crops,
     check_attention_theta,
+    crop_boxes,
+    crop_corners,
     crop_rois,
     roi_align_crops,
+    sample,
     sample_crops,
 )
-from stnrepro.models.spatial_transformer import SpatialTransformer, attention_theta, sample
-from stnrepro.models.st_cnn import STCNN
+from stnrepro.models.spatial_transformer import SpatialTransformer, attention_theta
+from stnrepro.models.st_cnn import STCNN, validate_model_args
 
 FAST = ("analytic", "roi_align")
 #: float32 bound: coordinates are rounded at ~1e-7 relative, i.e. ~3e-5 px at 448 px, times
@@ -54,14 +59,9 @@ def max_err(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 
 def use_sampler(net: STCNN, sampler: str) -> None:
-    """Select the sampler of an STCNN (the ``sampler`` option once /tmp/sampler.patch is in)."""
-    st = net.transformer
-    assert st is not None
-    if hasattr(st, "sampler"):
-        st.sampler = sampler
-    elif sampler != "grid_sample":
-        size = st.crop_size
-        st.crops = lambda image, theta: sample_crops(image, theta, size, sampler, validate=False)
+    """Switch the crop sampler of a built STCNN (same weights)."""
+    assert net.transformer is not None
+    net.transformer.sampler = sampler
 
 
 # --------------------------------------------------------------------------- crops
@@ -268,17 +268,55 @@ def test_st_cnn_training_step_matches(sampler):
         assert torch.allclose(p, q, atol=1e-5), n
 
 
-@pytest.mark.skipif(
-    "sampler" not in SpatialTransformer.__init__.__code__.co_varnames,
-    reason="SpatialTransformer has no sampler option yet (apply /tmp/sampler.patch)",
-)
 def test_spatial_transformer_sampler_option():
     st = SpatialTransformer(8, (2, 2), 2, crop_size=8, sampler="roi_align")
     image = torch.randn(2, 3, 16, 16)
     theta = random_attention(2, 2)
     assert max_err(st.crops(image, theta), reference(image, theta, 8)) < TOL32
-    with pytest.raises(ValueError, match="attention"):
-        SpatialTransformer(8, (2, 2), 2, crop_size=8, transform="affine", sampler="roi_align")
-    with pytest.raises(ValueError, match="sampler="):
-        SpatialTransformer(8, (2, 2), 2, crop_size=8, sampler="bilinear")
     assert set(SAMPLERS) == {"grid_sample", "analytic", "roi_align"}
+
+
+MODEL_ARGS = {
+    "backbone": "small", "num_transformers": 2, "image_size": 64, "crop_size": 32,
+    "transform": "attention", "fixed_scale": 0.5, "init_scale": 0.5, "scale_bounds": (0.25, 1.0),
+    "dropout": 0.5,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "sampler,transform,expected",
+    [
+        ("bilinear", "attention",
+         "model.sampler='bilinear': expected one of grid_sample, analytic, roi_align"),
+        ("roi_align", "affine",
+         "model.sampler=roi_align: needs model.transform=attention (got 'affine'); "
+         "use model.sampler=analytic or grid_sample for affine"),
+    ],
+)  # fmt: skip
+def test_sampler_rule_is_the_same_line_everywhere(sampler, transform, expected):
+    """One rule: the config check, the module and the dispatch refuse with the same line."""
+    calls = [
+        lambda: validate_model_args(**MODEL_ARGS | {"sampler": sampler, "transform": transform}),
+        lambda: SpatialTransformer(8, (2, 2), 2, crop_size=8, transform=transform, sampler=sampler),
+    ]
+    if transform == "attention":  # the dispatch only knows the name
+        theta = random_attention(1, 1)
+        calls.append(lambda: sample_crops(torch.randn(1, 3, 8, 8), theta, 4, sampler))
+    for call in calls:
+        with pytest.raises(ConfigError) as info:
+            call()
+        assert str(info.value) == expected
+
+
+def test_crop_boxes_bound_the_crop_corners():
+    """Boxes are the corners' bounding box; corners keep an affine crop's true outline."""
+    c, s = math.cos(0.3), math.sin(0.3)
+    rotation = [[0.5 * c, -0.5 * s, 0.1], [0.5 * s, 0.5 * c, -0.2]]
+    theta = torch.tensor([rotation], dtype=torch.float64)
+    corners = crop_corners(theta)  # TL, TR, BR, BL of the output square
+    expected = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=theta.dtype)
+    expected = expected @ theta[0, :, :2].T + theta[0, :, 2]
+    torch.testing.assert_close(corners[0], expected, rtol=0, atol=1e-15)
+    box = crop_boxes(theta)[0]
+    torch.testing.assert_close(box[:2], expected.amin(0), rtol=0, atol=0)
+    torch.testing.assert_close(box[2:], expected.amax(0), rtol=0, atol=0)
