@@ -30,8 +30,6 @@ from stnrepro.data.synthetic import (
 )
 from stnrepro.errors import ConfigError, DataError
 
-REPO = Path(__file__).resolve().parents[1]
-
 # a few tiny images: enough to exercise every code path in well under a second
 SMALL = {"num_classes": 4, "images_per_class": 6, "image_width": 96, "image_height": 72}
 

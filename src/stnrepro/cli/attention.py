@@ -78,19 +78,23 @@ def run_config(config: Path, run_dir: Path) -> Any:
     Without it (a hand-copied run) the current folder stands in for the job's folder.
     ``paths.output_dir`` is the run dir where it is now (runs get moved).
     """
+    from hydra.conf import HydraConf
     from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import setup_globals
     from omegaconf import OmegaConf, open_dict
 
     cfg = OmegaConf.load(config)
     if "data" not in cfg:
         raise UsageError(f"{config}: no data section (not a stnrepro run config?)")
     hydra_yaml = config.parent / "hydra.yaml"
-    if hydra_yaml.is_file():
-        hydra_node = OmegaConf.load(hydra_yaml)
-    else:
-        runtime = {"cwd": str(Path.cwd()), "output_dir": str(run_dir)}
-        hydra_node = OmegaConf.create({"hydra": {"runtime": runtime}})
-    HydraConfig().set_config(hydra_node)
+    hydra_node = OmegaConf.structured(HydraConf)
+    hydra_node.runtime.cwd = str(Path.cwd())
+    hydra_node.runtime.output_dir = str(run_dir)
+    if hydra_yaml.is_file():  # may hold keys newer than this Hydra's schema: merge them all
+        OmegaConf.set_struct(hydra_node, False)
+        hydra_node = OmegaConf.merge(hydra_node, OmegaConf.load(hydra_yaml).hydra)
+    setup_globals()  # registers the ${hydra:...} resolver, as a Hydra job start does
+    HydraConfig().set_config(OmegaConf.create({"hydra": hydra_node}))
     with open_dict(cfg):
         if "paths" in cfg:
             cfg.paths.output_dir = str(run_dir)
