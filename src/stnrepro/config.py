@@ -27,9 +27,9 @@ def config_dir() -> Path:
     return Path(str(resources.files(CONFIG_MODULE)))
 
 
-def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
+def compose_config(
+    overrides: Sequence[str] = (), return_hydra_config: bool = False
+) -> DictConfig:
     """The ``train`` config composed with ``overrides``, as ``stn-train`` would compose it."""
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        return compose(
-            CONFIG_NAME, overrides=list(overrides), return_hydra_config=return_hydra_config
-        )
+        return compose(CONFIG_NAME, overrides=list(overrides), return_hydra_config=return_hydra_config)

@@ -35,6 +35,7 @@ from stnrepro.run_record import RunRecord, table_cell
 log = logging.getLogger("stnrepro")
 
 
+
 def wandb_credentials_present() -> bool:
     """True when W&B could log online without prompting: an API key in the env or netrc."""
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
