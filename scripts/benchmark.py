@@ -651,7 +651,7 @@ def prepare_data(s: Settings, max_batch: int) -> tuple[str, int]:
         index = CUBIndex.load(s.data_root)
         return str(index.root), index.num_classes
     try:
-        from stnrepro.data.synthetic import ensure_generated, make_settings
+        from stnrepro.data.synthetic import ensure_generated, preset_settings
     except ImportError as exc:  # pragma: no cover - the module ships with the package
         raise SystemExit(f"--data-root missing and no synthetic data generator ({exc})") from None
     # Enough full batches for one epoch of e2e (warm-up + windows) and of the data-only loop
@@ -664,7 +664,7 @@ def prepare_data(s: Settings, max_batch: int) -> tuple[str, int]:
     else:
         preset, classes = "synth_birds", 200
     per_class = min(60, max(4, math.ceil(max_batch * steps / classes) + 1))
-    settings = make_settings(
+    settings = preset_settings(
         preset,
         num_classes=classes,
         images_per_class=per_class,

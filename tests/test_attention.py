@@ -1,12 +1,11 @@
-"""Attention boxes, metrics, figure, callback and show_attention script (issue 7)."""
+"""Attention boxes, metrics, figure, callback and the stn-attention command (issue 7)."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import math
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -27,6 +26,7 @@ from stnrepro.attention import (
     render_attention_figure,
 )
 from stnrepro.callbacks import AttentionFigureCallback
+from stnrepro.cli.attention import main as stn_attention
 from stnrepro.data import synth_draw
 from stnrepro.data.transforms import full_view, map_box
 from stnrepro.models.samplers import crop_boxes, sample
@@ -320,27 +320,16 @@ def test_callback_logs_to_wandb_and_skips_the_cnn(fitted, tmp_path):
     assert cb.render(trainer, fitted.model, epoch=0) == tmp_path / "attention" / "epoch000.png"
     (call,) = wandb_logger.calls
     assert call["key"] == "val/attention" and call["step"] == 7
-    image = call["images"][0]
-    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    assert call["images"] == [str(tmp_path / "attention" / "epoch000.png")]  # the saved PNG
     cnn = SimpleNamespace(net=SimpleNamespace(num_transformers=0))
     assert cb.render(trainer, cnn, epoch=1) is None  # type: ignore[arg-type]
 
 
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "show_attention", REPO / "scripts" / "show_attention.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_show_attention_renders_and_prints_metrics(fitted, tmp_path, capsys):
-    script = load_script()
     out = tmp_path / "fig.png"
     assert (
-        script.main([str(fitted.ckpt), "--images", "2", "--out", str(out), "--device", "cpu"]) == 0
+        stn_attention([str(fitted.ckpt), "--images", "2", "--out", str(out), "--device", "cpu"])
+        == 0
     )
     assert out.read_bytes().startswith(b"\x89PNG")
     text = capsys.readouterr().out
@@ -354,7 +343,6 @@ def test_show_attention_renders_and_prints_metrics(fitted, tmp_path, capsys):
 
 
 def test_show_attention_data_root_override_and_default_out(fitted, tmp_path, capsys):
-    script = load_script()
     moved = write_tiny_cub(tmp_path / "elsewhere", num_classes=3, per_class=6, size=(48, 40))
     cfg = OmegaConf.load(fitted.run_dir / ".hydra" / "config.yaml")
     cfg.data.root = str(tmp_path / "gone")
@@ -365,15 +353,14 @@ def test_show_attention_data_root_override_and_default_out(fitted, tmp_path, cap
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     ckpt.write_bytes(fitted.ckpt.read_bytes())
     argv = [str(ckpt), "--images", "1", "--no-metrics", "--device", "cpu"]
-    assert script.main(argv) == 2
+    assert stn_attention(argv) == 2
     assert "gone" in capsys.readouterr().err
-    assert script.main([*argv, "--data-root", str(moved)]) == 0
+    assert stn_attention([*argv, "--data-root", str(moved)]) == 0
     assert (run_dir / "attention" / "test.png").exists()
 
 
 @pytest.mark.parametrize("case", ["no_ckpt", "no_config", "zero_images", "not_a_ckpt"])
 def test_show_attention_errors_are_one_line_exit_2(fitted, tmp_path, capsys, case):
-    script = load_script()
     argv = [str(fitted.ckpt)]
     if case == "no_ckpt":
         argv = [str(tmp_path / "missing.ckpt")]
@@ -388,6 +375,37 @@ def test_show_attention_errors_are_one_line_exit_2(fitted, tmp_path, capsys, cas
         bad = fitted.run_dir / "checkpoints" / "junk.ckpt"
         bad.write_bytes(b"not a checkpoint")
         argv = [str(bad)]
-    assert script.main(argv) == 2
+    assert stn_attention(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
+
+
+def test_show_attention_resolves_paths_as_the_run_did(fitted, tmp_path, capsys, monkeypatch):
+    """config.yaml is saved unresolved: data_dir = ${oc.env:STNREPRO_ROOT,${hydra:runtime.cwd}}
+    /data; the job's folder comes from the run's .hydra/hydra.yaml, not from where we are."""
+    monkeypatch.delenv("STNREPRO_ROOT", raising=False)
+    run_dir, job_cwd = tmp_path / "run", tmp_path / "job_cwd"
+    synth = [o for o in tiny_overrides(fitted.cub_root) if not o.startswith("data.root")]
+    synth[0] = "data=synth_birds_tiny"
+    synth += ["data.images_per_class=4", "data.image_width=64", "data.image_height=48",
+              "data.gen_workers=1", "+data.gen_progress=false"]  # fmt: skip
+    cfg = compose_train(synth, run_dir)
+    assert "hydra:runtime.cwd" in OmegaConf.to_yaml(cfg.paths)  # still unresolved
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    runtime = {"cwd": str(job_cwd), "output_dir": str(run_dir)}
+    OmegaConf.save({"hydra": {"runtime": runtime}}, run_dir / ".hydra" / "hydra.yaml")
+    (run_dir / "checkpoints").mkdir()
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(fitted.ckpt.read_bytes())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert stn_attention([str(ckpt), "--images", "2", "--device", "cpu"]) == 0
+    assert [p.name.split("-")[0] for p in (job_cwd / "data").iterdir() if p.is_dir()] == [
+        "synth_birds_tiny"
+    ]
+    assert list(elsewhere.iterdir()) == []
+    text = capsys.readouterr().out
+    assert (run_dir / "attention" / "test.png").exists()
+    assert "attention metrics over 6 test images" in text and "hit_head_part" in text

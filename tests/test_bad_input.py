@@ -65,19 +65,18 @@ def test_unknown_dataset_is_refused_by_hydra_naming_it(tmp_path):
 
 
 def test_check_data_lists_every_bad_image(tmp_path, capsys):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    import check_data
+    from stnrepro.cli.data import main as stn_data
 
     root = write_tiny_cub(tmp_path / "CUB_200_2011", num_classes=2, per_class=3)
-    assert check_data.main([str(root)]) == 0
+    assert stn_data(["check", str(root)]) == 0
     images = sorted((root / "images").rglob("*.jpg"))
     images[0].write_bytes(images[0].read_bytes()[:100])
     images[3].write_text("not an image")
     capsys.readouterr()
-    assert check_data.main([str(root), "--workers", "2"]) == 2
+    assert stn_data(["check", str(root), "--workers", "2"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 2 and str(images[0]) in err[0] and str(images[3]) in err[1]
-    assert check_data.main([str(tmp_path / "nope")]) == 2
+    assert stn_data(["check", str(tmp_path / "nope")]) == 2
 
 
 def test_divergence_stops_the_run_with_a_clear_failed_record(cub, tmp_path):

@@ -1,12 +1,9 @@
-"""scripts/download_cub.py: download via file:// URL, MD5 check, safe extraction, validation."""
+"""stn-data download: download via file:// URL, MD5 check, safe extraction, validation."""
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
-import subprocess
-import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -14,19 +11,11 @@ from pathlib import Path
 import pytest
 from cub_fixture import write_tiny_cub
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "scripts" / "download_cub.py"
+from stnrepro.cli.data import main as stn_data
 
 
-def load_script_main() -> Callable[[list[str] | None], int]:
-    spec = importlib.util.spec_from_file_location("download_cub_script", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
-main = load_script_main()
+def main(argv: list[str]) -> int:
+    return stn_data(["download", *argv])
 
 
 def md5_of(path: Path) -> str:
@@ -170,13 +159,6 @@ def test_extracted_but_invalid_is_reported(
     assert f"{out / 'CUB_200_2011' / 'images.txt'}:2: expected '<image_id> <path>'" in stderr
 
 
-def test_script_runs_standalone() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60
-    )
-    assert proc.returncode == 0 and "--keep-archive" in proc.stdout
-
-
 def _tiny_cub_with(tmp_path: Path, extra: Callable[[tarfile.TarFile], None]) -> Path:
     """A CUB-shaped .tgz whose valid members come first and ``extra``'s members last."""
     src = tmp_path / "src"
@@ -306,3 +288,4 @@ def test_every_non_regular_member_refused_before_extracting(
     )
     assert calls == []
     assert list(out.iterdir()) == []
+

@@ -3,39 +3,39 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import itertools
 import json
-import os
 import shutil
 import threading
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from stnrepro.cli.data import main as stn_data
+from stnrepro.config import compose_config
 from stnrepro.data import synth_draw, synthetic
 from stnrepro.data.cub import CUBIndex
 from stnrepro.data.synthetic import (
-    PRESETS,
+    GENERATOR_KEYS,
     SynthBirdsDataModule,
     ensure_generated,
     folder_name,
     generate,
     is_complete,
     make_settings,
+    preset_settings,
 )
 from stnrepro.errors import ConfigError, DataError
-
-REPO = Path(__file__).resolve().parents[1]
 
 # a few tiny images: enough to exercise every code path in well under a second
 SMALL = {"num_classes": 4, "images_per_class": 6, "image_width": 96, "image_height": 72}
 
 
 def _small(**kw):
-    return make_settings("synth_birds_tiny", **{**SMALL, **kw})
+    return preset_settings("synth_birds_tiny", **{**SMALL, **kw})
 
 
 def _tree_hash(root: Path) -> dict[str, str]:
@@ -46,8 +46,14 @@ def _tree_hash(root: Path) -> dict[str, str]:
     }
 
 
+def _generator_values(preset: str) -> dict:
+    """Every generator setting of the data config ``preset`` (what Hydra passes the module)."""
+    return {k: v for k, v in asdict(preset_settings(preset)).items() if k in GENERATOR_KEYS}
+
+
 def _dm(cache_dir: Path, **kw) -> SynthBirdsDataModule:
     args = {
+        **_generator_values("synth_birds_tiny"),
         "preset": "synth_birds_tiny",
         "cache_dir": str(cache_dir),
         "image_size": 64,
@@ -71,9 +77,8 @@ def tiny(tmp_path_factory) -> tuple[SynthBirdsDataModule, CUBIndex]:
 
 def test_tiny_preset_loads_through_cub_datamodule(tiny):
     dm, index = tiny
-    s = PRESETS["synth_birds_tiny"]
-    assert index.num_classes == s["num_classes"] == dm.num_classes
-    assert index.num_images == s["num_classes"] * s["images_per_class"]
+    assert index.num_classes == 8 == dm.num_classes  # conf/data/synth_birds_tiny.yaml
+    assert index.num_images == 8 * 50
     assert index.part_names == list(synth_draw.PART_NAMES)
     assert index.bboxes is not None and index.parts is not None
     assert Path(dm.root).name == folder_name(dm.settings)
@@ -185,7 +190,7 @@ def test_folder_name_encodes_settings():
         folder_name(_small(gen_seed=1)),
         folder_name(_small(images_per_class=8)),
         folder_name(_small(max_rotation_deg=10.0)),
-        folder_name(make_settings("synth_birds")),
+        folder_name(preset_settings("synth_birds")),
     }
     assert len(names) == 5
     assert folder_name(_small(gen_seed=3)).startswith(
@@ -299,22 +304,34 @@ def test_existing_incomplete_folder_is_refused_not_overwritten(tmp_path):
 
 
 def test_config_errors(tmp_path):
-    with pytest.raises(ConfigError, match=r"data\.preset='nope': expected one of"):
-        make_settings("nope")
+    presets = r"expected one of synth_birds, synth_birds_tiny$"
+    with pytest.raises(ConfigError, match=r"data\.preset='nope': " + presets):
+        preset_settings("nope")
+    with pytest.raises(ConfigError, match=r"data\.preset='cub': " + presets):
+        preset_settings("cub")  # a data config, but not a synthetic one
     with pytest.raises(ConfigError, match=r"data\.num_classes=0: expected a positive integer"):
-        make_settings("synth_birds_tiny", num_classes=0)
+        preset_settings("synth_birds_tiny", num_classes=0)
     with pytest.raises(ConfigError, match=r"data\.images_per_class=1"):
-        make_settings("synth_birds_tiny", images_per_class=1)
+        preset_settings("synth_birds_tiny", images_per_class=1)
     with pytest.raises(ConfigError, match=r"data\.train_fraction"):
-        make_settings("synth_birds_tiny", train_fraction=1.0)
+        preset_settings("synth_birds_tiny", train_fraction=1.0)
     with pytest.raises(ConfigError, match=r"data\.image_width='big': expected an integer"):
-        make_settings("synth_birds_tiny", image_width="big")
+        preset_settings("synth_birds_tiny", image_width="big")
+    with pytest.raises(ConfigError, match=r"data\.wingspan=3: unknown generator setting"):
+        preset_settings("synth_birds_tiny", wingspan=3)
+    # no hidden defaults: a setting the config leaves out is named, not made up
+    values = _generator_values("synth_birds_tiny")
+    del values["max_rotation_deg"]
+    with pytest.raises(ConfigError, match=r"^data\.max_rotation_deg: missing"):
+        make_settings("synth_birds_tiny", **values)
+    with pytest.raises(ConfigError, match=r"^data\.genus_size: missing"):
+        _dm(tmp_path, genus_size=None)
     with pytest.raises(ConfigError, match=r"data\.root=.*expected null"):
         _dm(tmp_path, root=str(tmp_path / "elsewhere"))
     dm = _dm(tmp_path, **SMALL)
     assert _dm(tmp_path, root=dm.root, **SMALL).root == dm.root  # the computed root is fine
     with pytest.raises(ConfigError) as info:
-        make_settings("synth_birds", min_bird_area=0.7, max_bird_area=0.2)
+        preset_settings("synth_birds", min_bird_area=0.7, max_bird_area=0.2)
     assert "\n" not in str(info.value) and "min_bird_area" in str(info.value)
 
 
@@ -352,68 +369,85 @@ def test_exact_geometry_helpers():
 
 
 @pytest.mark.parametrize("name", ["synth_birds", "synth_birds_tiny"])
-def test_hydra_configs_match_presets(name, tmp_path):
+def test_hydra_config_is_the_preset(name, tmp_path):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    data = OmegaConf.load(REPO / "conf" / "data" / f"{name}.yaml")
+    cfg = compose_config([f"data={name}"])
+    data = cfg.data
     assert data.root is None and data.preset == name and data.name == name
-    for key, value in PRESETS[name].items():
-        assert data[key] == value, key
-    cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path)}, "data": data})
-    dm = instantiate(cfg.data)
+    # --cfg job shows every generator setting: all of them are in the composed config
+    assert set(GENERATOR_KEYS) <= set(data) and cfg.model.num_classes == data.num_classes
+    dm = instantiate(OmegaConf.create({"paths": {"data_dir": str(tmp_path)}, "data": data}).data)
     assert isinstance(dm, SynthBirdsDataModule)
-    assert dm.num_classes == PRESETS[name]["num_classes"] and dm.name == name
+    assert dm.settings == preset_settings(name)  # the CLI and the job read the same values
+    assert dm.num_classes == data.num_classes and dm.name == name
     assert Path(dm.root).parent == tmp_path and not Path(dm.root).exists()  # lazy
 
 
-def _cli():
-    spec = importlib.util.spec_from_file_location(
-        "make_synthetic", REPO / "scripts/make_synthetic.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
+def test_tiny_preset_differs_from_the_full_one_only_in_size():
+    full, tiny = asdict(preset_settings("synth_birds")), asdict(preset_settings("synth_birds_tiny"))
+    differ = {k for k in full if full[k] != tiny[k]}
+    assert differ == {"preset", "num_classes", "images_per_class", "image_width", "image_height"}
+    assert (tiny["num_classes"], tiny["images_per_class"]) == (8, 50)
+
+
+def _listing(folder: Path) -> list[str]:
+    """Folder contents but the lock files (kept on purpose: deleting one races a waiter)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
 
 
 def test_cli_writes_dataset_and_rejects_bad_input(tmp_path, capsys):
-    cli = _cli()
     out = tmp_path / "ds"
-    args = ["--preset", "synth_birds_tiny", "--out", str(out), "--quiet", "--workers", "1"]
+    opts = ["--preset", "synth_birds_tiny", "--quiet", "--workers", "1"]
     small = ["--num-classes", "3", "--images-per-class", "4", "--width", "64", "--height", "48"]
-    assert cli.main(args + small) == 0
+    args = ["generate", "--out", str(out), *opts, *small]
+    assert stn_data(args) == 0
     index = CUBIndex.load(out)
     assert index.num_images == 12 and index.num_classes == 3
-    assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temporary leftovers
-    assert cli.main(args + small) == 0  # complete with the same settings: reused
+    assert _listing(tmp_path) == ["ds"]  # no temporary leftovers
+    assert "12 images, 3 classes" in capsys.readouterr().out
+    assert stn_data(args) == 0  # complete with the same settings: reused
     assert "already generated" in capsys.readouterr().out
 
-    assert cli.main(args + small + ["--seed", "4"]) == 2  # exists with other settings
+    assert stn_data([*args, "--seed", "4"]) == 2  # exists with other settings
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
 
     custom = tmp_path / "custom"
     more = ["--set", "max_rotation_deg=10", "--set", "size_jitter=0"]
-    assert cli.main([*args[:3], str(custom), *args[4:], *small, *more]) == 0
+    assert stn_data(["generate", "--out", str(custom), *opts, *small, *more]) == 0
     settings = json.loads((custom / "synth_settings.json").read_text())
     assert settings["max_rotation_deg"] == 10.0 and settings["size_jitter"] == 0.0
     shutil.rmtree(custom)
     capsys.readouterr()
 
     x = str(tmp_path / "x")
-    base = ["--preset", "synth_birds_tiny", "--out", x]
+    base = ["generate", "--preset", "synth_birds_tiny", "--out", x]
     for bad in (
-        ["--preset", "nope", "--out", x],
-        ["--preset", "synth_birds_tiny"],
+        [],
+        ["frobnicate"],
+        ["generate", "--preset", "nope", "--out", x],
+        ["generate", "--preset", "cub", "--out", x],
+        ["generate", "--preset", "synth_birds_tiny"],
         [*base, "--set", "wingspan=3"],
         [*base, "--set", "size_jitter"],
         [*base, "--num-classes", "2", "--set", "num_classes=3"],
         [*base, "--num-classes", "0"],
         [*base, "--workers", "0"],
     ):
-        assert cli.main(bad) == 2, bad
+        assert stn_data(bad) == 2, bad
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1, err
     assert not (tmp_path / "x").exists()
-    assert os.listdir(tmp_path) == ["ds"]
+    assert _listing(tmp_path) == ["ds"]
+
+
+def test_cli_generate_uses_the_library_folder_logic(tmp_path):
+    """Same atomic/locked path as the data module: a stale temporary folder is cleaned up."""
+    out = tmp_path / "ds"
+    stale = tmp_path / ".ds.tmp-999999-deadbeef"
+    (stale / "images").mkdir(parents=True)
+    argv = ["generate", "--preset", "synth_birds_tiny", "--out", str(out), "--quiet"]
+    assert stn_data([*argv, "--workers", "1", "--num-classes", "2", "--images-per-class", "2"]) == 0
+    assert not stale.exists() and is_complete(out)

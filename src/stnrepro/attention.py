@@ -50,7 +50,6 @@ __all__ = [
     "AttentionMetrics",
     "box_iou",
     "datamodule_part_names",
-    "figure_to_rgb",
     "normalise_part_name",
     "part_groups",
     "points_in_boxes",
@@ -284,10 +283,3 @@ def render_attention_figure(
         axes[0, 1 + i].set_title(f"ST {i} crop", fontsize=8)
     fig.tight_layout(pad=0.3)
     return fig
-
-
-def figure_to_rgb(fig: Figure) -> np.ndarray:
-    """The rendered figure as an (H, W, 3) uint8 array (what W&B's Image takes)."""
-    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -13,7 +13,7 @@ from pytorch_lightning.loggers import WandbLogger
 from torch import Tensor
 from torch.utils.data import default_collate
 
-from stnrepro.attention import figure_to_rgb, render_attention_figure
+from stnrepro.attention import render_attention_figure
 from stnrepro.data.transforms import denormalize
 
 log = logging.getLogger("stnrepro")
@@ -129,18 +129,17 @@ class AttentionFigureCallback(pl.Callback):
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, format="png")
         self.saved.append(path)
-        self._log_image(trainer, fig, epoch)
+        self._log_image(trainer, path, epoch)
         return path
 
-    def _log_image(self, trainer: pl.Trainer, fig: Figure, epoch: int) -> None:
-        wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
-        if not wandb_loggers:
-            return
-        image = figure_to_rgb(fig)
-        for logger in wandb_loggers:
+    def _log_image(self, trainer: pl.Trainer, png: Path, epoch: int) -> None:
+        """Log the saved PNG itself (``wandb.Image`` reads the file), the exact figure kept."""
+        for logger in trainer.loggers:
+            if not isinstance(logger, WandbLogger):
+                continue
             logger.log_image(
                 key="val/attention",
-                images=[image],
+                images=[str(png)],
                 step=trainer.global_step,
                 caption=[f"epoch {epoch}"],
             )

@@ -1,1 +1,1 @@
-"""Command-line entry points (console scripts), one module per command."""
+"""Command-line tools installed as console scripts (``stn-data``, ``stn-attention``)."""

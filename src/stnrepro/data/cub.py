@@ -208,19 +208,22 @@ class CUBIndex:
         )
 
     @classmethod
-    def load(cls, root: str | Path) -> CUBIndex:
+    def load(cls, root: str | Path, key: str | None = None) -> CUBIndex:
         """Parse and cross-check all index files; raises DataError on anything wrong.
 
-        Does not open the images (11,788 decodes would take minutes); only that ``images/``
-        exists is checked here.
+        ``key`` is the setting that named ``root`` (e.g. ``data.root``): messages about the
+        folder itself then say ``key=<root>`` and how to set it.  Does not open the images
+        (11,788 decodes would take minutes); only that ``images/`` exists is checked here.
         """
         root = Path(root).expanduser().absolute()
+        where = f"{key}={root}" if key else str(root)
         if not root.is_dir():
-            raise DataError(f"{root}: directory not found ({_ROOT_HINT})")
+            raise DataError(f"{where}: directory not found ({_ROOT_HINT})")
         if not (root / "images.txt").is_file() and (root / "CUB_200_2011" / "images.txt").is_file():
+            fix = f"set {key}=" if key else "use "
             raise DataError(
-                f"{root}: images.txt not found; the dataset is one level down, "
-                f"use {root / 'CUB_200_2011'}"
+                f"{where}: images.txt not found; the dataset is one level down, "
+                f"{fix}{root / 'CUB_200_2011'}"
             )
         for name in REQUIRED_FILES:
             if not (root / name).is_file():
@@ -499,18 +502,10 @@ class CUBDataModule(pl.LightningDataModule):
         """Parse and check the index files now (before training); cached after the first call."""
         if self._index is not None:
             return self._index
-        root = Path(self.root).expanduser().absolute()
-        if not root.is_dir():
-            raise DataError(f"data.root={root}: directory not found ({_ROOT_HINT})")
-        if not (root / "images.txt").is_file() and (root / "CUB_200_2011" / "images.txt").is_file():
-            raise DataError(
-                f"data.root={root}: images.txt not found; the dataset is one level down, "
-                f"set data.root={root / 'CUB_200_2011'}"
-            )
-        index = CUBIndex.load(root)
+        index = CUBIndex.load(self.root, key="data.root")
         if index.num_classes != self.num_classes:
             raise ConfigError(
-                f"data.num_classes={self.num_classes} but {root / 'classes.txt'} "
+                f"data.num_classes={self.num_classes} but {index.root / 'classes.txt'} "
                 f"lists {index.num_classes} classes"
             )
         self._index = index

@@ -1,4 +1,4 @@
-"""Download, verify and safely extract CUB-200-2011 (used by ``scripts/download_cub.py``).
+"""Download, verify and safely extract CUB-200-2011 (used by ``stn-data download``).
 
 Why the care: the archive is 1.1 GB, so a broken transfer must be caught by MD5 before
 anything is extracted, a half-written file must never look complete (``.part`` + rename),
@@ -14,7 +14,6 @@ complete, so an interrupted run never leaves a half-extracted dataset.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import shutil
 import sys
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from stnrepro.errors import DataError, StnreproError
+from stnrepro.errors import DataError
 
 if TYPE_CHECKING:
     from stnrepro.data.cub import CUBIndex
@@ -246,39 +245,3 @@ def prepare_cub(
     if downloaded and not keep_archive:
         src.unlink()
     return index
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI: exit 0 with a one-line summary, or 2 with a one-line ``error: ...``."""
-    parser = argparse.ArgumentParser(
-        prog="download_cub.py",
-        description="Download, verify (MD5), safely extract and validate CUB-200-2011.",
-    )
-    parser.add_argument("--out", required=True, type=Path, help="folder to extract into")
-    parser.add_argument("--url", default=CUB_URL, help="archive URL (http(s):// or file://)")
-    parser.add_argument("--md5", default=CUB_MD5, help="expected MD5; '' skips the check")
-    parser.add_argument("--archive", type=Path, help="use this already-downloaded .tgz")
-    parser.add_argument(
-        "--keep-archive", action="store_true", help="keep the downloaded .tgz after extraction"
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    try:
-        index = prepare_cub(
-            args.out,
-            url=args.url,
-            md5=args.md5,
-            archive=args.archive,
-            keep_archive=args.keep_archive,
-            progress=not args.quiet,
-            log=(lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr)),
-        )
-    except (StnreproError, OSError) as exc:
-        if isinstance(exc, OSError) and exc.filename:
-            message = f"{exc.filename}: {_reason(exc)}"
-        else:
-            message = str(exc)
-        print(f"error: {message.replace(chr(10), ' ')}", file=sys.stderr)
-        return 2
-    print(f"CUB-200-2011 ready: {index.summary()}")
-    return 0

@@ -49,6 +49,11 @@ depend on the worker count or order; the drawing avoids libm (see
 give byte-identical files given the same numpy/Pillow/libjpeg versions (recorded in the
 README).
 
+Settings: the presets are the data configs ``conf/data/synth_birds.yaml`` (every generator
+setting, once) and ``synth_birds_tiny.yaml`` (inherits it, smaller); this module has no
+defaults of its own, so what ``--cfg job`` shows is what is generated.
+:func:`preset_settings` composes a preset for callers outside a training job.
+
 Caching: the folder name encodes preset, generator version, seed and a hash of all settings,
 so a change never reuses or overwrites another dataset.  Generation writes into a temporary
 sibling and renames it into place at the very end, under a lock file: an interrupted run
@@ -58,7 +63,6 @@ leaves nothing that looks complete, and two processes generating at once end wit
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -68,13 +72,13 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock
 
 from stnrepro.data import synth_draw
 from stnrepro.data.cub import CUBDataModule, CUBIndex
@@ -83,15 +87,16 @@ from stnrepro.errors import ConfigError, DataError
 
 __all__ = [
     "GENERATOR_VERSION",
-    "PRESETS",
     "SynthBirdsDataModule",
     "SynthSettings",
     "dataset_dir",
     "ensure_generated",
     "folder_name",
     "generate",
+    "generate_into",
     "is_complete",
     "make_settings",
+    "preset_settings",
 ]
 
 #: Bump whenever the output for given settings changes (it is part of the folder name).
@@ -99,40 +104,14 @@ GENERATOR_VERSION = 1
 COMPLETE_MARKER = ".synth_complete"
 CHUNK = 16  # images per worker task
 
-#: Shared by every preset: pose, clutter and encoding are the same at every size.
-_COMMON: dict[str, Any] = {
-    "size_jitter": 0.2,
-    "portrait_fraction": 0.15,
-    "genus_size": 4,
-    "train_fraction": 0.5,
-    "min_bird_area": 0.1,
-    "max_bird_area": 0.6,
-    "max_rotation_deg": 30.0,
-    "jpeg_quality": 90,
-}
-
-#: Preset defaults; every key can be overridden (the data yaml sets them all explicitly).
-PRESETS: dict[str, dict[str, Any]] = {
-    "synth_birds": {
-        "num_classes": 200,
-        "images_per_class": 60,
-        "image_width": 500,
-        "image_height": 375,
-        **_COMMON,
-    },
-    "synth_birds_tiny": {
-        "num_classes": 8,
-        "images_per_class": 50,
-        "image_width": 160,
-        "image_height": 120,
-        **_COMMON,
-    },
-}
-
 
 @dataclass(frozen=True)
 class SynthSettings:
-    """Everything that determines the generated files (all of it goes into the folder hash)."""
+    """Everything that determines the generated files (all of it goes into the folder hash).
+
+    ``preset`` names the data config the settings came from (it is part of the folder name);
+    the values themselves are always given explicitly (see :func:`make_settings`).
+    """
 
     preset: str
     num_classes: int
@@ -182,21 +161,33 @@ def _as_float(key: str, value: Any) -> float:
     return float(value)
 
 
-def make_settings(
-    preset: str = "synth_birds", gen_seed: int = 0, **overrides: Any
-) -> SynthSettings:
-    """Preset defaults with ``overrides`` (``None`` = keep the preset value), validated."""
-    if preset not in PRESETS:
-        raise ConfigError(f"data.preset={preset!r}: expected one of {', '.join(PRESETS)}")
-    values = dict(PRESETS[preset])
-    for key, value in overrides.items():
-        if key not in values and key != "supersample":
+#: The generator settings a data config must give (``supersample`` has a fixed default).
+GENERATOR_KEYS: tuple[str, ...] = tuple(
+    f.name for f in fields(SynthSettings) if f.name not in ("preset", "gen_seed", "supersample")
+)
+_DATA_MODULE = "stnrepro.data.synthetic.SynthBirdsDataModule"
+
+
+def make_settings(preset: str, gen_seed: int = 0, **values: Any) -> SynthSettings:
+    """Validated settings from explicit ``values`` (every key of :data:`GENERATOR_KEYS`).
+
+    There are no defaults here on purpose: the data configs are the one place for them
+    (:func:`preset_settings` reads one).
+    """
+    if not isinstance(preset, str) or not preset:
+        raise ConfigError(f"data.preset={preset!r}: expected a preset name")
+    for key, value in values.items():
+        if key not in GENERATOR_KEYS and key != "supersample":
             raise ConfigError(
                 f"data.{key}={value!r}: unknown generator setting, expected one of "
-                + ", ".join(values)
+                + ", ".join(GENERATOR_KEYS)
             )
-        if value is not None:
-            values[key] = value
+    missing = [k for k in GENERATOR_KEYS if values.get(k) is None]
+    if missing:
+        raise ConfigError(
+            f"data.{missing[0]}: missing (expected a value; the synthetic data configs "
+            "conf/data/synth_birds*.yaml set every generator setting)"
+        )
     ints = ("num_classes", "images_per_class", "image_width", "image_height", "genus_size")
     for key in (*ints, "jpeg_quality", "supersample"):
         if key in values:
@@ -233,6 +224,39 @@ def make_settings(
     _check(1 <= s.jpeg_quality <= 100, "jpeg_quality", s.jpeg_quality, "an integer in 1..100")
     _check(1 <= s.supersample <= 4, "supersample", s.supersample, "an integer in 1..4")
     return s
+
+
+def synthetic_presets() -> list[str]:
+    """Names of the data configs that describe a synthetic dataset (sorted)."""
+    from stnrepro.config import compose_config, config_dir
+
+    names = sorted(p.stem for p in (config_dir() / "data").glob("*.yaml"))
+    return [n for n in names if compose_config([f"data={n}"]).data.get("_target_") == _DATA_MODULE]
+
+
+def preset_settings(preset: str, gen_seed: int | None = None, **overrides: Any) -> SynthSettings:
+    """Settings of the data config ``conf/data/<preset>.yaml`` with ``overrides`` applied.
+
+    Composes the config with Hydra (as ``stn-train data=<preset>`` would), so it is for callers
+    outside a training job (the ``stn-data`` command, the benchmark, tests); a job's data
+    module receives every value from its own config.  ``None`` overrides are ignored.
+    """
+    from hydra.errors import HydraException
+
+    from stnrepro.config import compose_config
+
+    try:
+        data = compose_config([f"data={preset}"]).data
+    except HydraException:
+        data = None
+    if data is None or data.get("_target_") != _DATA_MODULE:
+        raise ConfigError(
+            f"data.preset={preset!r}: expected one of {', '.join(synthetic_presets())}"
+        )
+    values = {k: data[k] for k in GENERATOR_KEYS}
+    values.update({k: v for k, v in overrides.items() if v is not None})  # checked below
+    seed = data.gen_seed if gen_seed is None else gen_seed
+    return make_settings(str(data.preset), gen_seed=seed, **values)
 
 
 def settings_hash(settings: SynthSettings) -> str:
@@ -468,41 +492,46 @@ def generate(
     return out
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock (POSIX flock); a no-op where unavailable."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: the atomic rename still protects us
-        yield
-        return
-    with open(path, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def ensure_generated(
     settings: SynthSettings,
     cache_dir: str | Path,
     workers: int | None = None,
     progress: bool = True,
 ) -> Path:
-    """Return the dataset folder for ``settings`` under ``cache_dir``, generating it if needed.
-
-    Safe against interruption (temporary folder + rename) and concurrent first use (lock).
-    """
+    """Return the dataset folder for ``settings`` under ``cache_dir``, generating it if needed."""
     root = dataset_dir(settings, cache_dir)
     if is_complete(root, settings):
         return root
-    cache = root.parent
     try:
-        cache.mkdir(parents=True, exist_ok=True)
+        root.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DataError(f"data.cache_dir={cache}: cannot create ({exc.strerror or exc})") from None
-    with _lock(cache / f".{root.name}.lock"):
+        raise DataError(
+            f"data.cache_dir={root.parent}: cannot create ({exc.strerror or exc})"
+        ) from None
+    return generate_into(settings, root, workers=workers, progress=progress)
+
+
+def generate_into(
+    settings: SynthSettings,
+    root: str | Path,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Make ``root`` the dataset of ``settings``: reuse it if complete, else generate it.
+
+    Safe against interruption (a temporary sibling renamed into place at the end) and against
+    concurrent first use (a lock file next to it: the second process waits, then reuses).
+    A folder that exists but is not this dataset is refused, never overwritten.
+    """
+    root = Path(root).expanduser().absolute()
+    parent = root.parent
+    if is_complete(root, settings):
+        return root
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{parent}: cannot create ({exc.strerror or exc})") from None
+    with FileLock(parent / f".{root.name}.lock"):
         if is_complete(root, settings):
             return root
         if root.exists():
@@ -510,17 +539,16 @@ def ensure_generated(
                 f"{root}: exists but is not a complete synthetic dataset for these settings "
                 f"(no or different {COMPLETE_MARKER}); delete it to regenerate"
             )
-        for stale in cache.glob(f".{root.name}.tmp-*"):  # left by a killed run; we hold the lock
+        for stale in parent.glob(f".{root.name}.tmp-*"):  # left by a killed run; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = cache / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             start = time.perf_counter()
             try:
                 generate(settings, tmp, workers=workers, progress=progress)
             except OSError as exc:
                 raise DataError(
-                    f"data.cache_dir={cache}: cannot write the synthetic dataset "
-                    f"({exc.strerror or exc})"
+                    f"{parent}: cannot write the synthetic dataset ({exc.strerror or exc})"
                 ) from None
             try:
                 os.rename(tmp, root)
@@ -549,43 +577,18 @@ class SynthBirdsDataModule(CUBDataModule):
 
     def __init__(
         self,
-        preset: str = "synth_birds",
-        num_classes: int | None = None,
-        images_per_class: int | None = None,
-        image_width: int | None = None,
-        image_height: int | None = None,
-        gen_seed: int = 0,
-        cache_dir: str = "data",
+        preset: str,
+        cache_dir: str,
         root: str | None = None,
         name: str | None = None,
-        size_jitter: float | None = None,
-        portrait_fraction: float | None = None,
-        genus_size: int | None = None,
-        train_fraction: float | None = None,
-        min_bird_area: float | None = None,
-        max_bird_area: float | None = None,
-        max_rotation_deg: float | None = None,
-        jpeg_quality: int | None = None,
         gen_workers: int | None = None,
         gen_progress: bool = True,
         **kwargs: Any,
     ) -> None:
-        self.settings = make_settings(
-            preset,
-            gen_seed=gen_seed,
-            num_classes=num_classes,
-            images_per_class=images_per_class,
-            image_width=image_width,
-            image_height=image_height,
-            size_jitter=size_jitter,
-            portrait_fraction=portrait_fraction,
-            genus_size=genus_size,
-            train_fraction=train_fraction,
-            min_bird_area=min_bird_area,
-            max_bird_area=max_bird_area,
-            max_rotation_deg=max_rotation_deg,
-            jpeg_quality=jpeg_quality,
-        )
+        """``kwargs``: ``gen_seed`` and every generator setting (:data:`GENERATOR_KEYS`, all
+        required: the data config is their one source), then CUBDataModule's arguments."""
+        generator = {k: kwargs.pop(k) for k in (*GENERATOR_KEYS, "gen_seed") if k in kwargs}
+        self.settings = make_settings(preset, **generator)
         if cache_dir is None or str(cache_dir) == "":
             raise ConfigError(f"data.cache_dir={cache_dir!r}: expected a folder path")
         computed = dataset_dir(self.settings, cache_dir)
