@@ -32,6 +32,26 @@ STAGES = ("train", "val", "test")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+def validate_speed_levers(channels_last: Any, compile: Any, backend: Any) -> None:
+    """model.channels_last / compile / compile_backend, checked before anything is built."""
+    if not isinstance(channels_last, bool):
+        raise ConfigError(f"model.channels_last={channels_last!r}: expected true or false")
+    if compile is not None and compile not in COMPILE_MODES:
+        raise ConfigError(
+            f"model.compile={compile!r}: expected null or one of {', '.join(COMPILE_MODES)}"
+        )
+    if compile is not None and backend not in torch._dynamo.list_backends(exclude_tags=()):
+        raise ConfigError(
+            f"model.compile_backend={backend!r}: expected a torch.compile backend, e.g. "
+            "inductor or aot_eager"
+        )
+    if compile not in (None, "default") and backend != "inductor":
+        raise ConfigError(
+            f"model.compile={compile!r}: modes need model.compile_backend=inductor "
+            f"(got {backend!r}); use model.compile=default"
+        )
+
+
 class DivergenceError(StnreproError):
     """The loss or the transformer parameters became non-finite during training."""
 
@@ -111,7 +131,7 @@ class STCNNModule(pl.LightningModule):
                 f"model.loc_lr_mult={loc_lr_mult}, model.head_lr_mult={head_lr_mult}: "
                 "expected non-negative multipliers"
             )
-        self._validate_speed_levers(channels_last, compile, compile_backend)
+        validate_speed_levers(channels_last, compile, compile_backend)
         self.net = STCNN(num_classes=num_classes, **net_kwargs)
         num_transformers = self.net.num_transformers
         top_k = [1] + ([5] if num_classes > 5 else [])
@@ -125,25 +145,6 @@ class STCNNModule(pl.LightningModule):
             setattr(self, f"{stage}_metrics", MetricCollection(accuracy, prefix=f"{stage}/"))
             if num_transformers:
                 setattr(self, f"{stage}_theta", ThetaStats(num_transformers))
-
-    @staticmethod
-    def _validate_speed_levers(channels_last: Any, compile: Any, backend: Any) -> None:
-        if not isinstance(channels_last, bool):
-            raise ConfigError(f"model.channels_last={channels_last!r}: expected true or false")
-        if compile is not None and compile not in COMPILE_MODES:
-            raise ConfigError(
-                f"model.compile={compile!r}: expected null or one of {', '.join(COMPILE_MODES)}"
-            )
-        if compile is not None and backend not in torch._dynamo.list_backends(exclude_tags=()):
-            raise ConfigError(
-                f"model.compile_backend={backend!r}: expected a torch.compile backend, e.g. "
-                "inductor or aot_eager"
-            )
-        if compile not in (None, "default") and backend != "inductor":
-            raise ConfigError(
-                f"model.compile={compile!r}: modes need model.compile_backend=inductor "
-                f"(got {backend!r}); use model.compile=default"
-            )
 
     def configure_model(self) -> None:
         """Apply the speed levers once, before Lightning moves the model to its device.

@@ -29,11 +29,11 @@ from pytorch_lightning.loggers import Logger
 from stnrepro.config import CONFIG_NAME, CONFIG_PATH
 from stnrepro.errors import ConfigError, StnreproError, one_line
 from stnrepro.models.st_cnn import validate_model_args
+from stnrepro.module import validate_speed_levers
 from stnrepro.reproducibility import RNGStateCallback, resolve_ckpt_path
 from stnrepro.run_record import RunRecord, table_cell
 
 log = logging.getLogger("stnrepro")
-
 
 
 def wandb_credentials_present() -> bool:
@@ -125,8 +125,16 @@ def validate_config(cfg: DictConfig) -> None:
         dropout=m.dropout,
         sampler=m.get("sampler", "grid_sample"),
     )
+    validate_speed_levers(m.channels_last, m.compile, m.compile_backend)
     if cfg.get("test_ckpt") not in ("last", "best"):
         raise ConfigError(f"test_ckpt={cfg.get('test_ckpt')!r}: expected 'last' or 'best'")
+
+
+def build_datamodule(cfg: DictConfig) -> Any:
+    """``cfg.data`` instantiated with its index files checked, before any model is built."""
+    datamodule = instantiate(cfg.data)
+    datamodule.validate()
+    return datamodule
 
 
 def _metrics(trainer: pl.Trainer) -> dict[str, Any]:
@@ -147,8 +155,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         resume_from = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
         record.save()
         pl.seed_everything(cfg.seed, workers=True)
-        datamodule = instantiate(cfg.data)
-        datamodule.validate()  # index files checked before the model is built
+        datamodule = build_datamodule(cfg)
         model = instantiate(cfg.model)
         logger = build_logger(cfg, output_dir, record.data["run_name"])
         if logger is not None:

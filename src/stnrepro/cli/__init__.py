@@ -1,0 +1,1 @@
+"""Console-script entry points (``stn-bench`` ...): argument parsing around the package."""
