@@ -1,33 +1,26 @@
-"""scripts/benchmark.py on CPU with --tiny: the script is correct (not fast) and its report
-has every requested cell, the ratios and the environment header the GPU report needs."""
+"""stn-bench on CPU with --tiny: the benchmark is correct (not fast), its report has every
+requested cell, the ratios and the environment header the GPU report needs, and every cell
+is composed from the packaged training configs."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from stnrepro.bench import cells
+from stnrepro.bench.cells import CELL_TITLES, CELLS, Lever, parse_lever
+from stnrepro.cli.bench import TINY_BEST, main
+from stnrepro.config import compose_config
+from stnrepro.errors import ConfigError
+from stnrepro.train import build
+
+bench = SimpleNamespace(main=main, TINY_BEST=TINY_BEST, CELL_TITLES=CELL_TITLES, CELLS=CELLS)
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark", REPO / "scripts/benchmark.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def bench():
-    return load_benchmark()
-
-
-def test_tiny_run_reports_every_cell_with_ratios_and_environment(bench, tmp_path, capsys):
+@pytest.mark.slow
+def test_tiny_run_reports_every_cell_with_ratios_and_environment(tmp_path, capsys):
     out = tmp_path / "b.md"
     levers = ["naive", "fused+roi_align", "analytic+compile"]
     argv = ["--tiny", "--device", "cpu", "--out", str(out), "--data-cache", str(tmp_path)]
@@ -44,7 +37,8 @@ def test_tiny_run_reports_every_cell_with_ratios_and_environment(bench, tmp_path
         "Batch size 4",
         "warm-up",
         "windows of",
-        "perf_counter",
+        "torch.utils.benchmark",
+        "ThroughputMonitor",
         "median",
         "naive = eager fp32",
     ):
@@ -68,9 +62,15 @@ def test_tiny_run_reports_every_cell_with_ratios_and_environment(bench, tmp_path
     assert not failed
     assert all(r["img_s"] > 0 for r in rows)
     assert all(s["max_abs_diff"] < 1e-4 for s in data["samplers"])
+    # Each row says how it was composed: the cell's experiment and the lever's overrides.
+    row = next(r for r in rows if (r["cell"], r["mode"], r["lever"]) == ("4st448", "e2e", best))
+    for override in ("experiment=cub_4st_448", "model.channels_last=true",
+                     "trainer.precision=bf16-mixed", "model.sampler=analytic"):  # fmt: skip
+        assert override in row["overrides"], override
 
 
-def test_budget_skips_and_resume_completes_cells_from_one_run(bench, tmp_path):
+@pytest.mark.slow
+def test_budget_skips_and_resume_completes_cells_from_one_run(tmp_path):
     out = tmp_path / "b.md"
     argv = ["--tiny", "--device", "cpu", "--out", str(out), "--parts", "matrix"]
     argv += ["--modes", "model"]
@@ -89,18 +89,48 @@ def test_budget_skips_and_resume_completes_cells_from_one_run(bench, tmp_path):
     assert not any(r["error"] for r in data["results"])
 
 
-def test_lever_parsing(bench):
-    lever = bench.parse_lever("bench+bf16+cl+fused+roi_align+compile+b128+w8")
-    assert (lever.bench, lever.precision, lever.channels_last, lever.fused) == (
-        True, "bf16", True, True,
-    )  # fmt: skip
-    assert (lever.sampler, lever.compile, lever.batch_size, lever.workers) == (
-        "roi_align", "trunks", 128, 8,
-    )  # fmt: skip
-    assert bench.parse_lever("cudagraphs").compile_mode == "reduce-overhead"
-    assert bench.parse_lever("naive") == bench.Lever(name="naive")
+def test_lever_parsing():
+    lever = parse_lever("bench+bf16+cl+fused+roi_align+compile+b128+w8")
+    assert lever.as_dict() == {
+        "trainer.benchmark": "true", "trainer.precision": "bf16-mixed",
+        "model.channels_last": "true", "model.compile": "default",
+        "model.optimizer.fused": "true", "model.sampler": "roi_align",
+        "data.batch_size": "128", "data.num_workers": "8",
+    }  # fmt: skip
+    assert parse_lever("cudagraphs").get("model.compile") == "reduce-overhead"
+    assert parse_lever("naive") == Lever(name="naive")
+    assert parse_lever("naive").as_dict() == cells.NAIVE_SETTINGS
     # A sampler makes no difference to the CNN: the benchmark reuses the measurement.
-    assert bench.parse_lever("bf16+analytic").effective(0) == bench.parse_lever("bf16").effective(0)
-    assert bench.parse_lever("bf16+analytic").effective(2) != bench.parse_lever("bf16").effective(2)
+    assert parse_lever("bf16+analytic").effective(0) == parse_lever("bf16").effective(0)
+    assert parse_lever("bf16+analytic").effective(2) != parse_lever("bf16").effective(2)
     with pytest.raises(ValueError, match="unknown token 'fp8'"):
-        bench.parse_lever("bf16+fp8")
+        parse_lever("bf16+fp8")
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_every_lever_composes_into_a_config_that_training_accepts(cell):
+    """Each token is a real config key (Hydra refuses unknown keys), and the cell is the
+    experiment's: the overrides change what the lever says and nothing else."""
+    lever = parse_lever("bench+bf16+cl+fused+roi_align+autotune+b8+w1")
+    overrides = cells.as_overrides({**cells.cell_overrides(cell, "resnet50", False),
+                                    **lever.as_dict()})  # fmt: skip
+    cfg = compose_config(overrides)
+    n, size, crop = cells.cell_sizes(cell, tiny=False)
+    assert (cfg.model.num_transformers, cfg.data.image_size, cfg.model.crop_size) == (n, size, crop)
+    assert (cfg.model.backbone, cfg.model.pretrained) == ("resnet50", False)
+    assert (cfg.trainer.benchmark, cfg.trainer.precision) == (True, "bf16-mixed")
+    assert (cfg.model.channels_last, cfg.model.compile) == (True, "max-autotune-no-cudagraphs")
+    assert (cfg.model.optimizer.fused, cfg.model.sampler) == (True, "roi_align")
+    assert (cfg.data.batch_size, cfg.data.num_workers) == (8, 1)
+    naive = compose_config(cells.as_overrides({**cells.cell_overrides(cell, "resnet50", False),
+                                               **cells.NAIVE_SETTINGS}))  # fmt: skip
+    # trainer=gpu of the experiments turns bf16 and autotuning on: naive turns them off.
+    assert (naive.trainer.benchmark, naive.trainer.precision) == (False, "32-true")
+    # The optimizer is the experiment's, not a copy: only fused differs.
+    assert {**naive.model.optimizer, "fused": True} == dict(cfg.model.optimizer)
+
+
+def test_a_bad_lever_value_is_refused_before_training_naming_the_key():
+    cfg = compose_config(["model.compile=fastest"])
+    with pytest.raises(ConfigError, match="model.compile='fastest'"):
+        build(cfg.model)  # what stn-train and stn-bench do first, before any data is read

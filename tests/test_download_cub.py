@@ -288,4 +288,3 @@ def test_every_non_regular_member_refused_before_extracting(
     )
     assert calls == []
     assert list(out.iterdir()) == []
-

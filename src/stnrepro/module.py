@@ -27,6 +27,29 @@ from stnrepro.models.samplers import outside_fraction
 from stnrepro.models.st_cnn import STCNN
 
 STAGES = ("train", "val", "test")
+#: ``model.compile`` values besides null: torch.compile modes (inductor's; other backends
+#: take none, so "default" is the only one they accept).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def validate_speed_levers(channels_last: Any, compile: Any, backend: Any) -> None:
+    """model.channels_last / compile / compile_backend, checked before anything is built."""
+    if not isinstance(channels_last, bool):
+        raise ConfigError(f"model.channels_last={channels_last!r}: expected true or false")
+    if compile is not None and compile not in COMPILE_MODES:
+        raise ConfigError(
+            f"model.compile={compile!r}: expected null or one of {', '.join(COMPILE_MODES)}"
+        )
+    if compile is not None and backend not in torch._dynamo.list_backends(exclude_tags=()):
+        raise ConfigError(
+            f"model.compile_backend={backend!r}: expected a torch.compile backend, e.g. "
+            "inductor or aot_eager"
+        )
+    if compile not in (None, "default") and backend != "inductor":
+        raise ConfigError(
+            f"model.compile={compile!r}: modes need model.compile_backend=inductor "
+            f"(got {backend!r}); use model.compile=default"
+        )
 
 
 class DivergenceError(StnreproError):
@@ -87,9 +110,16 @@ class STCNNModule(pl.LightningModule):
         loc_lr_mult: float = 1e-4,
         head_lr_mult: float = 1.0,
         label_smoothing: float = 0.0,
+        channels_last: bool = False,
+        compile: str | None = None,
+        compile_backend: str = "inductor",
         **net_kwargs: Any,
     ) -> None:
-        """``net_kwargs`` are :class:`STCNN`'s arguments (backbone, num_transformers, ...)."""
+        """``net_kwargs`` are :class:`STCNN`'s arguments (backbone, num_transformers, ...).
+
+        ``channels_last``, ``compile`` and ``compile_backend`` change speed, not results;
+        they take effect in :meth:`configure_model` and :meth:`on_after_batch_transfer`.
+        """
         super().__init__()
         # The partials stay out of the checkpoint: Lightning reloads it with
         # torch.load(weights_only=True), which accepts plain values only.
@@ -101,6 +131,7 @@ class STCNNModule(pl.LightningModule):
                 f"model.loc_lr_mult={loc_lr_mult}, model.head_lr_mult={head_lr_mult}: "
                 "expected non-negative multipliers"
             )
+        validate_speed_levers(channels_last, compile, compile_backend)
         self.net = STCNN(num_classes=num_classes, **net_kwargs)
         num_transformers = self.net.num_transformers
         top_k = [1] + ([5] if num_classes > 5 else [])
@@ -114,6 +145,35 @@ class STCNNModule(pl.LightningModule):
             setattr(self, f"{stage}_metrics", MetricCollection(accuracy, prefix=f"{stage}/"))
             if num_transformers:
                 setattr(self, f"{stage}_theta", ThetaStats(num_transformers))
+
+    def configure_model(self) -> None:
+        """Apply the speed levers once, before Lightning moves the model to its device.
+
+        channels_last converts the weights (``.to(device)`` keeps the format). compile uses
+        ``nn.Module.compile`` per trunk (localisation and part networks, ``dynamic=False``):
+        state-dict keys stay unchanged, so checkpoints load either way; trunks of the same
+        input size share a graph, which inductor compiles once; and ``F.affine_grid`` stays
+        eager (it fails to compile once a last partial batch makes shapes symbolic).
+        """
+        if getattr(self, "_levers_applied", False):  # fit, then test: once is enough
+            return
+        self._levers_applied = True
+        if self.hparams.get("channels_last"):
+            self.to(memory_format=torch.channels_last)
+        mode = self.hparams.get("compile")
+        if mode is not None:
+            kwargs: dict[str, Any] = {"backend": self.hparams.compile_backend, "dynamic": False}
+            if mode != "default":
+                kwargs["mode"] = mode
+            trunks = [self.net.loc_trunk] if self.net.loc_trunk is not None else []
+            for trunk in [*trunks, *self.net.parts]:
+                trunk.compile(**kwargs)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With ``channels_last``, the input images in that format too (on the device)."""
+        if self.hparams.get("channels_last"):
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        return batch
 
     def forward(self, image: Tensor) -> Tensor:
         return self.net(image).logits

@@ -138,6 +138,13 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"test_ckpt={cfg.get('test_ckpt')!r}: expected 'last' or 'best'")
 
 
+def build_datamodule(cfg: DictConfig) -> Any:
+    """``cfg.data`` instantiated with its index files checked, before any model is built."""
+    datamodule = build(cfg.data)
+    datamodule.validate()
+    return datamodule
+
+
 def _metrics(trainer: pl.Trainer) -> dict[str, Any]:
     return {k: v for k, v in trainer.callback_metrics.items() if not k.startswith("train/st")}
 
@@ -185,8 +192,7 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any])
         record.save()
         pl.seed_everything(cfg.seed, workers=True)
         model = build(cfg.model)  # refuses bad model values before any data is read
-        datamodule = build(cfg.data)
-        datamodule.validate()  # index files checked before the trainer starts
+        datamodule = build_datamodule(cfg)
         logger = build_logger(cfg, output_dir, record.data["run_name"])
         if logger is not None:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

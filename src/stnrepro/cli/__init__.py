@@ -1,1 +1,1 @@
-"""Command-line tools installed as console scripts (``stn-data``, ``stn-attention``)."""
+"""Command-line tools, installed as stn-table, stn-data, stn-attention and stn-bench."""
