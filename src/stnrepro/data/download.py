@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from stnrepro.errors import DataError
+from stnrepro.errors import DataError, one_line
 
 if TYPE_CHECKING:
     from stnrepro.data.cub import CUBIndex
@@ -46,8 +46,7 @@ def _reason(exc: BaseException) -> str:
         return str(exc.reason)
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return one_line(exc)
 
 
 def file_md5(path: Path) -> str:

@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageFile
 from torchvision.transforms import RandomResizedCrop
 
-from stnrepro.errors import DataError
+from stnrepro.errors import DataError, one_line
 
 #: The per-channel normalisation ImageNet-pretrained trunks expect (the one definition; the
 #: Inception trunk converts from it in ``stnrepro.models.backbones``).
@@ -133,8 +133,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return one_line(exc)
 
 
 def load_view(path: str | Path, size: int, view_fn) -> tuple[Image.Image, View]:

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from stnrepro.errors import one_line
 from stnrepro.records.schema import RECORD_FILENAME, RecordError, RunRecord, fail
 
 # W&B run states that mean "did not finish"; anything not listed and not "finished" is
@@ -138,7 +139,7 @@ def load_wandb_records(entity_project: str, group: str) -> list[RunRecord]:
         raise
     except Exception as exc:  # network/auth errors become one line, not a traceback
         raise RecordError(
-            f"wandb {entity_project} group {group!r}: cannot read runs ({exc})"
+            f"wandb {entity_project} group {group!r}: cannot read runs ({one_line(exc)})"
         ) from None
     if not records:
         raise RecordError(f"wandb {entity_project}: no runs in group {group!r}")
