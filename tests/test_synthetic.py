@@ -451,3 +451,20 @@ def test_cli_generate_uses_the_library_folder_logic(tmp_path):
     argv = ["generate", "--preset", "synth_birds_tiny", "--out", str(out), "--quiet"]
     assert stn_data([*argv, "--workers", "1", "--num-classes", "2", "--images-per-class", "2"]) == 0
     assert not stale.exists() and is_complete(out)
+
+
+def test_extra_test_images_leave_the_training_images_and_split_unchanged(tmp_path):
+    base = generate(_small(), tmp_path / "base", workers=1, progress=False)
+    more = generate(_small(extra_test_per_class=3), tmp_path / "more", workers=1, progress=False)
+    old, new = CUBIndex.load(base), CUBIndex.load(more)
+    per_class = SMALL["images_per_class"]
+    assert new.num_images == old.num_images + 3 * SMALL["num_classes"]
+    assert new.is_train.sum() == old.is_train.sum()  # every extra image is a test image
+    old_files = {str(p.relative_to(base)): p.read_bytes() for p in base.rglob("*.jpg")}
+    new_files = {str(p.relative_to(more)): p.read_bytes() for p in more.rglob("*.jpg")}
+    assert all(new_files[name] == data for name, data in old_files.items())  # same pixels
+    old_train = {old.image_path(r).name for r in range(old.num_images) if old.is_train[r]}
+    new_train = {new.image_path(r).name for r in range(new.num_images) if new.is_train[r]}
+    assert old_train == new_train
+    assert len(new_files) - len(old_files) == 3 * SMALL["num_classes"] and per_class >= 2
+    assert folder_name(_small()) != folder_name(_small(extra_test_per_class=3))
