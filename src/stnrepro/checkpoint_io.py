@@ -1,8 +1,10 @@
 """Checkpoint files are replaced whole or not at all.
 
-Lightning's ``TorchCheckpointIO`` serialises to memory and then truncates and rewrites the
-target file, so a full disk (or a kill) in the middle of a write leaves a truncated
-``last.ckpt``: the newest good state is lost and every resume crashes on it.
+Lightning's ``TorchCheckpointIO`` writes a temporary file in the *system* temp folder and
+moves it over the target; when that folder is on another file system (as ``/tmp`` often is
+on clusters) the move is a copy that truncates the target first, so a full disk (or a kill)
+in the middle leaves a truncated ``last.ckpt``: the newest good state is lost and every
+resume crashes on it.
 :class:`AtomicCheckpointIO` writes to a temporary file in the same folder, flushes it to
 disk (fsync) and renames it over the target (``os.replace``, atomic on POSIX and Windows
 within one file system). On any error the temporary file is removed, the previous
