@@ -10,6 +10,7 @@ seeds are drawn from the torch generator, so they follow too.
 from __future__ import annotations
 
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +26,40 @@ def resolve_ckpt_path(value: str | None, output_dir: Path) -> str | None:
 
     ``last`` resumes from ``<output_dir>/checkpoints/last.ckpt`` when it exists, so rerunning
     a command in the same output directory (or a requeued SLURM job) continues the run.
+    A checkpoint that is not a whole ``torch.save`` file is refused before anything starts.
     """
     if value is None or str(value).lower() in ("", "none", "null"):
         return None
     if value == "last":
         last = output_dir / "checkpoints" / "last.ckpt"
-        return str(last) if last.is_file() else None
-    path = Path(value)
-    if not path.is_file():
-        raise ConfigError(
-            f"ckpt_path={value}: file not found (expected a Lightning checkpoint file, "
-            "'last' or null)"
-        )
+        if not last.is_file():
+            return None
+        path = last
+    else:
+        path = Path(value)
+        if not path.is_file():
+            raise ConfigError(
+                f"ckpt_path={value}: file not found (expected a Lightning checkpoint file, "
+                "'last' or null)"
+            )
+    _check_readable(path)
     return str(path)
+
+
+def _check_readable(path: Path) -> None:
+    """Cheap check that ``path`` is a whole checkpoint, not one cut short (a full disk, a kill).
+
+    ``torch.save`` writes zip archives whose central directory is at the very end, so
+    opening one reads only that directory and fails on a truncated file.
+    """
+    try:
+        with zipfile.ZipFile(path):
+            pass
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ConfigError(
+            f"{path}: not a readable checkpoint ({exc}), e.g. cut short by a full disk; "
+            "delete it and rerun (the run starts over), or pass ckpt_path=null"
+        ) from None
 
 
 def _numpy_state_to_plain(state: tuple) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger
 
+from stnrepro.checkpoint_io import AtomicCheckpointIO
 from stnrepro.config import CONFIG_NAME, CONFIG_PATH
 from stnrepro.errors import ConfigError, StnreproError, one_line
 from stnrepro.lifecycle import check_same_run, hold_output_dir, run_definition, save_definition
@@ -103,8 +104,8 @@ def build_callbacks(cfg: DictConfig, has_logger: bool, has_val: bool) -> list[pl
             continue
         if key == "lr_monitor" and not has_logger:
             continue  # LearningRateMonitor refuses a Trainer without logger
-        if key == "model_checkpoint" and not has_val:
-            cb_cfg = OmegaConf.merge(cb_cfg, {"monitor": None, "save_top_k": 1})
+        if cb_cfg.get("monitor") and not has_val:
+            continue  # nothing to monitor; the unmonitored last_checkpoint still saves
         callbacks.append(instantiate(cb_cfg))
     return callbacks
 
@@ -206,7 +207,13 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any])
         callbacks = build_callbacks(cfg, logger is not None, datamodule.has_val)
         callbacks.append(RNGStateCallback())
         limit_val = {} if datamodule.has_val else {"limit_val_batches": 0}
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger or False, **limit_val)
+        trainer = instantiate(
+            cfg.trainer,
+            callbacks=callbacks,
+            logger=logger or False,
+            plugins=[AtomicCheckpointIO()],
+            **limit_val,
+        )
         if resume_from:
             log.info("resuming from %s", resume_from)
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
@@ -219,19 +226,39 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any])
         if logger is not None:  # after finish(): the W&B copy must say "finished" too
             _log_summary(logger, record)
     except BaseException as exc:
-        interrupted = trainer is not None and trainer.received_sigterm
-        record.fail("interrupted by SIGTERM" if interrupted else exc)
+        interruption = _interruption(trainer, exc)
+        record.fail(interruption[0] if interruption else exc)
         if logger is not None:
             _log_summary(logger, record)
-        if interrupted:
-            # Killed from outside: Lightning's own SIGTERMException exits with status 0, and
-            # DataLoader workers that die first surface as a RuntimeError. Either way, stop
-            # the whole sweep with the conventional status instead of starting the next job.
-            raise SystemExit(143) from exc
+        if interruption:
+            # Stopped from outside: stop the whole sweep with the conventional status
+            # instead of starting the next job.
+            raise SystemExit(interruption[1]) from exc
         raise
     finally:
         _finish_wandb(logger)
     return record.data
+
+
+RESUME_HINT = "resume with the same command (ckpt_path=last continues from checkpoints/last.ckpt)"
+
+
+def _interruption(trainer: pl.Trainer | None, exc: BaseException) -> tuple[str, int] | None:
+    """``(record error, exit status)`` when the run was stopped from outside, else None.
+
+    Ctrl-C: Lightning catches the KeyboardInterrupt, marks the trainer interrupted and calls
+    ``sys.exit(1)``; outside ``fit`` it arrives as KeyboardInterrupt. SIGTERM: Lightning's
+    own SIGTERMException exits with status 0, and DataLoader workers that die first surface
+    as a RuntimeError; ``trainer.received_sigterm`` tells either way. Exit statuses are the
+    shell's 128 + signal number.
+    """
+    if trainer is not None and trainer.received_sigterm:
+        return f"interrupted by SIGTERM; {RESUME_HINT}", 143
+    if isinstance(exc, KeyboardInterrupt) or (
+        isinstance(exc, SystemExit) and trainer is not None and trainer.interrupted
+    ):
+        return f"interrupted by Ctrl-C; {RESUME_HINT}", 130
+    return None
 
 
 def _log_summary(logger: Logger, record: RecordWriter) -> None:
