@@ -706,7 +706,7 @@ def test_wandb_finished_run_matches_the_local_record() -> None:
     assert record.status == "finished" and record.cell == local.cell
     assert record.metrics == local.metrics and record.finished_at == local.finished_at
     assert record.source == "wandb run abc123 (2xST-224-s1)"
-    assert record.config == {"seed": 1, "model": {"num_transformers": 2}}
+    assert record.config == {"model.num_transformers": 2, "seed": 1}  # flattened definition
 
 
 @pytest.mark.parametrize(

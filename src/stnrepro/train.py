@@ -27,6 +27,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger
 
+from stnrepro import provenance
 from stnrepro.config import CONFIG_NAME, CONFIG_PATH
 from stnrepro.errors import ConfigError, StnreproError, one_line
 from stnrepro.lifecycle import check_same_run, hold_output_dir, run_definition, save_definition
@@ -167,12 +168,16 @@ def _finished_record(output_dir: Path) -> dict[str, Any] | None:
 
 def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any]) -> dict[str, Any]:
     record = RecordWriter(
-        output_dir, table_cell(cfg), epochs=OmegaConf.select(cfg, "trainer.max_epochs")
+        output_dir,
+        table_cell(cfg),
+        epochs=OmegaConf.select(cfg, "trainer.max_epochs"),
+        config=definition,
     )
     logger: Logger | None = None
     trainer: pl.Trainer | None = None
     try:
         validate_config(cfg)
+        provenance.set_threads(cfg.get("threads"))
         resume_from = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
         save_definition(output_dir, definition)
         record.save()
@@ -194,6 +199,7 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any])
         callbacks.append(RNGStateCallback())
         limit_val = {} if datamodule.has_val else {"limit_val_batches": 0}
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger or False, **limit_val)
+        record.data["provenance"] = provenance.collect(trainer, datamodule)
         if resume_from:
             log.info("resuming from %s", resume_from)
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
