@@ -20,7 +20,8 @@ Schema (version 1)::
     config          {dotted.key: value} | null           optional: the run definition
                                                          (``stnrepro.lifecycle.run_definition``)
     provenance      object | null                        optional: code, libraries, machine,
-                                                         threads, GPU, data (``stnrepro.provenance``)
+                                                         threads, GPU, data (see
+                                                         ``stnrepro.provenance``)
 
 Records written before ``config`` and ``provenance`` existed lack them; readers treat them as
 unknown (the table compares such runs on their cell keys only).
