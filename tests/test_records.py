@@ -15,7 +15,7 @@ from stnrepro.records.writer import RecordWriter, table_cell
 # Schema 1 as written by train.py before the writer and reader shared one module.
 TOP_LEVEL_KEYS = [
     "schema_version", "status", "error", "run_name", "started_at", "finished_at", "cell",
-    "metrics", "logger", "epochs", "wall_time_s", "output_dir",
+    "metrics", "logger", "epochs", "wall_time_s", "output_dir", "config", "provenance",
 ]  # fmt: skip
 CELL_ORDER = [
     "dataset", "backbone", "pretrained", "image_size", "crop_size", "num_transformers",
@@ -59,7 +59,7 @@ def test_failed_record_reads_back_with_its_error(tmp_path: Path) -> None:
     writer = RecordWriter(tmp_path, table_cell(cfg()), epochs=2)
     writer.fail(RuntimeError("boom\n  at line 3"))
     record = read_record_file(tmp_path / RECORD_FILENAME)
-    assert record.status == "failed" and record.error == "RuntimeError: boom at line 3"
+    assert record.status == "failed" and record.error == "RuntimeError: boom"  # the first line
 
 
 def test_cell_value_below_its_minimum_names_file_and_key(tmp_path: Path) -> None:

@@ -46,14 +46,21 @@ def make_record(
     backbone: str = "inception_v3",
     crop_size: int = 224,
     extra_metrics: dict[str, float | None] | None = None,
+    config: dict[str, Any] | None | bool = True,
+    provenance: dict[str, Any] | None | bool = True,
 ) -> dict[str, Any]:
-    """A record shaped like the ones ``stnrepro.records.writer`` writes."""
+    """A record shaped like the ones ``stnrepro.records.writer`` writes.
+
+    ``config``/``provenance``: True gives the usual ones (``config`` from the cell, one fixed
+    environment), None leaves the key out (a record from before it existed), a dict
+    updates the usual one.
+    """
     model = "CNN" if nt == 0 else f"{nt}xST"
     metrics: dict[str, float | None] = (
         {} if acc is None else {"val/acc": acc, "test/acc": acc, "test/loss": 0.5}
     )
     metrics.update(extra_metrics or {})
-    return {
+    record = {
         "schema_version": 1,
         "status": status,
         "error": "RuntimeError: boom" if status == "failed" else None,
@@ -76,6 +83,36 @@ def make_record(
         "wall_time_s": 12.5,
         "output_dir": "/somewhere/else",
     }
+    if config is not None:
+        record["config"] = {
+            "data.name": dataset, "data.image_size": size, "model.backbone": backbone,
+            "model.num_transformers": nt, "model.crop_size": crop_size, "seed": seed,
+            "trainer.max_epochs": 30, **(config if isinstance(config, dict) else {}),
+        }  # fmt: skip
+    if provenance is not None:
+        record["provenance"] = copy.deepcopy(PROVENANCE)
+        record["provenance"].update(provenance if isinstance(provenance, dict) else {})
+    return record
+
+
+PROVENANCE: dict[str, Any] = {
+    "git": {"commit": "0" * 40, "dirty": False},
+    "versions": {
+        "python": "3.11.9", "torch": "2.14.1", "torchvision": "0.29.1",
+        "pytorch-lightning": "2.6.6", "torchmetrics": "1.8.0", "hydra-core": "1.3.2",
+        "wandb": "0.21.0", "numpy": "2.3.1", "pillow": "11.3.0",
+    },
+    "os": "Linux-6.8.0-x86_64-with-glibc2.39",
+    "cpu": "Intel(R) Xeon(R) Platinum 8480+",
+    "cpu_capability": "AVX512",
+    "threads": 2,
+    "gpu": None,
+    "precision": "32-true",
+    "dataset": {
+        "kind": "cub", "name": "cub", "index_sha256": "ab12cd34" + "0" * 56,
+        "index_files": ["images.txt"],
+    },
+}  # fmt: skip
 
 
 def squeeze(text: str) -> str:
@@ -132,6 +169,8 @@ EXPECTED_MD = """\
 - Runs: 6 used; excluded: 1 failed, 1 unfinished; 1 duplicate dropped \
 (older finished reruns of a seed)
 - Column 'failed' counts a row's failed and unfinished runs (excluded)
+- Environment: torch 2.14.1, torchvision 0.29.1, lightning 2.6.6, \
+CPU Intel(R) Xeon(R) Platinum 8480+ (AVX512), 2 threads, fp32; data cub index ab12cd34
 
 | Method                               |   Paper top-1 (%) |   Ours test/acc (%) |   Δ (pp) |   n |   failed |
 |:-------------------------------------|------------------:|--------------------:|---------:|----:|---------:|
@@ -706,7 +745,14 @@ def test_wandb_finished_run_matches_the_local_record() -> None:
     assert record.status == "finished" and record.cell == local.cell
     assert record.metrics == local.metrics and record.finished_at == local.finished_at
     assert record.source == "wandb run abc123 (2xST-224-s1)"
-    assert record.config == {"seed": 1, "model": {"num_transformers": 2}}
+    assert record.config == data["config"]  # the record's own run definition
+
+
+def test_wandb_record_without_config_uses_the_logged_config_flattened() -> None:
+    data = make_record(nt=2, seed=1, acc=0.83, config=None, provenance=None)
+    record = record_from_wandb_run(fake_run(data))
+    assert record.config == {"model.num_transformers": 2, "seed": 1}
+    assert record.provenance is None
 
 
 @pytest.mark.parametrize(

@@ -71,8 +71,12 @@ def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 def run_definition(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as ``{dotted.key: value}``, minus :data:`NOT_RUN_DEFINING`."""
-    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    flat = dict(_flatten(container))
+    return definition_of(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
+
+
+def definition_of(config: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`run_definition` of an already resolved, nested config (e.g. W&B's run config)."""
+    flat = dict(_flatten(config))
     return {k: v for k, v in sorted(flat.items()) if not _not_defining(k)}
 
 

@@ -28,6 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger
 
+from stnrepro import provenance
 from stnrepro.checkpoint_io import AtomicCheckpointIO
 from stnrepro.config import CONFIG_NAME, CONFIG_PATH
 from stnrepro.errors import ConfigError, StnreproError, one_line
@@ -182,12 +183,16 @@ def _finished_record(output_dir: Path) -> dict[str, Any] | None:
 
 def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any]) -> dict[str, Any]:
     record = RecordWriter(
-        output_dir, table_cell(cfg), epochs=OmegaConf.select(cfg, "trainer.max_epochs")
+        output_dir,
+        table_cell(cfg),
+        epochs=OmegaConf.select(cfg, "trainer.max_epochs"),
+        config=definition,
     )
     logger: Logger | None = None
     trainer: pl.Trainer | None = None
     try:
         validate_config(cfg)
+        provenance.set_threads(cfg.get("threads"))
         resume_from = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
         save_definition(output_dir, definition)
         record.save()
@@ -214,6 +219,7 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any])
             plugins=[AtomicCheckpointIO()],
             **limit_val,
         )
+        record.data["provenance"] = provenance.collect(trainer, datamodule)
         if resume_from:
             log.info("resuming from %s", resume_from)
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)

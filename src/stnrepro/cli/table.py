@@ -3,8 +3,10 @@
     stn-table --runs multirun/2026-11-22/10-00-00
     stn-table --wandb ENTITY/PROJECT --group sweep-x --out results/
     stn-table --runs multirun/... --with-attention
+    stn-table --runs multirun/... --split-by model.fixed_scale   # one table per value
 
-Writes ``<name>.md/.csv/.tex/.png`` to ``--out`` and prints the table. Any problem with
+Writes ``<name>.md/.csv/.tex/.png`` to ``--out`` and prints the table; with ``--split-by KEY``
+one set per value, ``<name>-KEY=VALUE.*``. Any problem with
 the records is one line on stderr and exit status 2, with nothing written.
 """
 
@@ -18,6 +20,8 @@ from stnrepro.errors import StnreproError
 from stnrepro.records.reader import load_records, load_wandb_records
 from stnrepro.records.schema import RECORD_FILENAME
 from stnrepro.results.aggregate import aggregate
+from stnrepro.results.agreement import split
+from stnrepro.results.model import TableError
 from stnrepro.results.render import default_table_name, print_table, write_table
 
 PROG = "stn-table"
@@ -51,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="also tabulate where the transformers look (IoU with the bird box, centre/head/"
         "body hit rates per transformer; keys <stage>/st{i}/..., stage from --metric)",
     )
+    parser.add_argument(
+        "--split-by",
+        metavar="KEY",
+        action="append",
+        default=[],
+        help="one table per value of this run-defining config key (e.g. model.fixed_scale), "
+        "written as <name>-KEY=VALUE.*; repeatable. Runs in one cell must otherwise differ "
+        "only in their seed",
+    )
     return parser
 
 
@@ -70,19 +83,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             records = load_records(args.runs)
         else:
             records = load_wandb_records(args.wandb, args.group)
-        table = aggregate(
-            records,
-            metric=args.metric,
-            dataset=args.dataset,
-            backbone=args.backbone,
-            pretrained=args.pretrained,
-            attention=args.with_attention,
-        )
-        paths = write_table(table, args.out, args.name or default_table_name(table))
+        tables = []
+        for suffix, part in split(records, args.split_by):
+            try:
+                table = aggregate(
+                    part,
+                    metric=args.metric,
+                    dataset=args.dataset,
+                    backbone=args.backbone,
+                    pretrained=args.pretrained,
+                    attention=args.with_attention,
+                )
+            except StnreproError as exc:
+                raise TableError(f"{suffix.lstrip('-')}: {exc}" if suffix else str(exc)) from None
+            tables.append((suffix, table))
+        # All tables are built (and so checked) before the first file is written.
+        paths = [
+            write_table(table, args.out, (args.name or default_table_name(table)) + suffix)
+            for suffix, table in tables
+        ]
     except StnreproError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    print_table(table)
-    for path in paths:
-        print(f"wrote {path}")
+    for (suffix, table), written in zip(tables, paths, strict=True):
+        if suffix:
+            print(f"== {suffix.lstrip('-')}")
+        print_table(table)
+        for path in written:
+            print(f"wrote {path}")
     return 0

@@ -14,6 +14,7 @@ Transforms (see :mod:`stnrepro.data.transforms` for the coordinate conventions):
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -52,6 +53,8 @@ __all__ = [
 ]
 
 REQUIRED_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt")
+# The files whose hash identifies a CUB folder (``CUBDataModule.fingerprint``).
+INDEX_FILES = (*REQUIRED_FILES, "bounding_boxes.txt")
 _ROOT_HINT = "expected the extracted CUB_200_2011 folder containing images.txt"
 _INT = re.compile(r"[+-]?\d+")
 
@@ -581,3 +584,27 @@ class CUBDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self._datasets()[2], self.eval_batch_size, shuffle=False)
+
+    # -- provenance -------------------------------------------------------------------------
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the data (the run record's ``provenance.dataset``).
+
+        ``index_sha256`` hashes the index files in ``INDEX_FILES`` order (each as its name,
+        a NUL, its bytes), so a changed split, label or box changes it; the images are not
+        read (too slow for 12k files), they are named by images.txt.
+        """
+        root = Path(self.root).expanduser().absolute()
+        digest = hashlib.sha256()
+        hashed = []
+        for name in INDEX_FILES:
+            path = root / name
+            if path.is_file():
+                digest.update(name.encode() + b"\0" + path.read_bytes())
+                hashed.append(name)
+        return {
+            "kind": "cub",
+            "name": self.name,
+            "index_files": hashed,
+            "index_sha256": digest.hexdigest(),
+        }

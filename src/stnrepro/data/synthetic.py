@@ -641,3 +641,16 @@ class SynthBirdsDataModule(CUBDataModule):
         if self._index is None:
             self.ensure_generated()
         return super().validate()
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The generator and its settings: they determine every byte of the folder."""
+        s = self.settings
+        return {
+            "kind": "synthetic",
+            "name": self.name,
+            "generator_version": GENERATOR_VERSION,
+            "preset": s.preset,
+            "gen_seed": s.gen_seed,
+            "settings_hash": settings_hash(s),
+            "folder": folder_name(s),
+        }

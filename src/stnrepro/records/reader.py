@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from stnrepro.errors import one_line
+from stnrepro.lifecycle import definition_of
 from stnrepro.records.schema import RECORD_FILENAME, RecordError, RunRecord, fail
 
 # W&B run states that mean "did not finish"; anything not listed and not "finished" is
@@ -115,8 +116,9 @@ def record_from_wandb_run(run: Any) -> RunRecord:
             data["status"] = "failed"
         elif state != "finished":
             data["status"] = "running"
-    config = _plain_summary(getattr(run, "config", None) or {})
-    return RunRecord.from_dict(data, source, config=config)
+    # Records from before the record carried its ``config``: the logged config stands in.
+    config = definition_of(_plain_summary(getattr(run, "config", None) or {}))
+    return RunRecord.from_dict(data, source, config=config or None)
 
 
 def _created_at(run: Any) -> str | None:

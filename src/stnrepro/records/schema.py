@@ -17,6 +17,14 @@ Schema (version 1)::
     cell            the fields of RunCell, in that order (crop_size and transform optional)
     metrics         {name: number | null}                (accuracies are fractions in [0, 1])
     logger, epochs, wall_time_s, output_dir              optional, type-checked when present
+    config          {dotted.key: value} | null           optional: the run definition
+                                                         (``stnrepro.lifecycle.run_definition``)
+    provenance      object | null                        optional: code, libraries, machine,
+                                                         threads, GPU, data (see
+                                                         ``stnrepro.provenance``)
+
+Records written before ``config`` and ``provenance`` existed lack them; readers treat them as
+unknown (the table compares such runs on their cell keys only).
 
 The cell keys are defined once, as the fields of ``RunCell``: each field's metadata names the
 config key it is read from, its type and its minimum.
@@ -106,7 +114,9 @@ class RunRecord:
     wall_time_s: float | None = None
     output_dir: str | None = None
     schema_version: int = SCHEMA_VERSION
+    # The run definition: the record's ``config``, or else (W&B) the run's logged config.
     config: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    provenance: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def finished(self) -> bool:
@@ -254,5 +264,6 @@ def _parse_record(data: Any, source: str, config: Mapping[str, Any] | None) -> R
         wall_time_s=None if wall is None else float(wall),
         output_dir=_get(data, "output_dir", "str", source, required=False),
         schema_version=version,
-        config=config,
+        config=_get(data, "config", "dict", source, required=False) or config,
+        provenance=_get(data, "provenance", "dict", source, required=False),
     )

@@ -82,7 +82,13 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 class RecordWriter:
     """Builds and rewrites one run's ``metrics.json``; ``data`` is the record as a dict."""
 
-    def __init__(self, output_dir: str | Path, cell: dict[str, Any], epochs: int | None) -> None:
+    def __init__(
+        self,
+        output_dir: str | Path,
+        cell: dict[str, Any],
+        epochs: int | None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
         self.path = Path(output_dir) / RECORD_FILENAME
         self.data: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
@@ -99,6 +105,8 @@ class RecordWriter:
             "epochs": epochs,
             "wall_time_s": None,
             "output_dir": str(Path(output_dir).resolve()),
+            "config": config,
+            "provenance": None,
         }
         self._t0 = datetime.now(timezone.utc)
 

@@ -2,7 +2,8 @@
 
 The rules (README "The comparison table") are all here: one cell per (image_size,
 num_transformers), latest finished rerun per seed, failed/unfinished runs counted and
-excluded, setups never mixed, paper numbers only from ``paper_cub_table.csv``, our sizes
+excluded, setups never mixed, runs of a cell differing only in their seed
+(``results.agreement``), paper numbers only from ``paper_cub_table.csv``, our sizes
 mapped onto the paper's by rank when they differ; and the attention lines of the ST rows.
 """
 
@@ -16,6 +17,8 @@ from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 
 from stnrepro.records.schema import RunRecord
+from stnrepro.results.agreement import check_cell
+from stnrepro.results.environment import differences, environment_lines
 from stnrepro.results.model import (
     ATTENTION_METRICS,
     GROUP_EXTRA,
@@ -249,6 +252,10 @@ def aggregate(
     by_cell: dict[tuple[int, int], list[RunRecord]] = defaultdict(list)
     for r in picked:
         by_cell[(r.cell.image_size, r.cell.num_transformers)].append(r)
+    n_no_config = sum(
+        check_cell(f"{'CNN' if nt == 0 else f'{nt}xST'}-{size}", runs)
+        for (size, nt), runs in sorted(by_cell.items())
+    )
     cells = {
         key: _cell_stats(key[0], key[1], runs, metric, percent) for key, runs in by_cell.items()
     }
@@ -282,6 +289,7 @@ def aggregate(
                 stats=CellStats(image_size=size, num_transformers=p.num_transformers)
                 if stats is None
                 else stats,
+                env_differs=() if stats is None else differences(stats.runs),
             )
         )
     for (size, nt), stats in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0])):
@@ -294,6 +302,7 @@ def aggregate(
                 paper_image_size=size_map[size],
                 num_transformers=nt,
                 stats=stats,
+                env_differs=differences(stats.runs),
             )
         )
 
@@ -319,6 +328,10 @@ def aggregate(
         n_unfinished=n_unfinished,
         n_duplicates=n_duplicates,
         attention=attention,
+        environments=tuple(
+            environment_lines([run for row in rows if row.stats for run in row.stats.runs])
+        ),
+        n_no_config=n_no_config,
     )
     if attention:
         attention_lines(table)  # validate now: refuse before anything is rendered

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from stnrepro.results.aggregate import attention_lines, attention_prefix
+from stnrepro.results.agreement import no_config_note
+from stnrepro.results.environment import describe
 from stnrepro.results.model import (
     ATTENTION_METRICS,
     GROUP_EXTRA,
@@ -28,6 +30,8 @@ from stnrepro.results.model import (
     show,
 )
 
+# Marks a row whose runs come from different environments (a header note says how).
+DIFFERS_MARK = "†"
 # The dataset the paper's numbers are about; other datasets get a warning line.
 PAPER_DATASET = "cub"
 EXTRA_TITLE = "Extra cells (not in the paper)"
@@ -134,7 +138,21 @@ def header_lines(table: TableData) -> list[str]:
         "(older finished reruns of a seed)"
     )
     lines.append("Column 'failed' counts a row's failed and unfinished runs (excluded)")
+    lines += table.environments
+    if (note := no_config_note(table.n_no_config)) is not None:
+        lines.append(note)
+    for row in table.rows:
+        if row.env_differs:
+            lines.append(
+                f"{DIFFERS_MARK} {row.label}: its runs come from different environments, "
+                f"they differ in {', '.join(row.env_differs)}"
+            )
     return lines
+
+
+def row_label(row: TableRow) -> str:
+    """The row's label, marked when its runs come from different environments."""
+    return f"{row.label} {DIFFERS_MARK}" if row.env_differs else row.label
 
 
 _LATEX_SPECIAL = {
@@ -181,7 +199,7 @@ def main_cells(table: TableData, row: TableRow) -> tuple[Value, ...]:
         return (row.label, paper, None, None, None, None)
     delta = table.delta(row)
     return (
-        row.label,
+        row_label(row),
         paper,
         MeanStd(s.mean, s.std, table.digits),
         None if delta is None else Signed(delta),
@@ -296,6 +314,9 @@ CSV_FIELDS: tuple[tuple[str, _Get], ...] = (
     ("unfinished", _stat(lambda r: r.stats.unfinished)),
     ("duplicates", _stat(lambda r: r.stats.duplicates)),
     ("delta", lambda t, r: t.delta(r)),
+    # The environments of the row's used runs (" | " between several), and what differs.
+    ("environment", _stat(lambda r: " | ".join(sorted({describe(x) for x in r.stats.runs})))),
+    ("environment_differs", _stat(lambda r: "; ".join(r.env_differs))),
 )
 CSV_COLUMNS = tuple(name for name, _ in CSV_FIELDS)
 _ATTENTION_PARTS = ("mean", "std", "n")

@@ -108,6 +108,8 @@ class TableRow:
     paper_image_size: int | None = None
     num_transformers: int | None = None
     stats: CellStats | None = None
+    # What differs between the environments of the used runs (``results.environment``).
+    env_differs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,10 @@ class TableData:
     n_unfinished: int
     n_duplicates: int
     attention: bool = False
+    # Header lines naming the environment(s) of the used runs (``results.environment``).
+    environments: tuple[str, ...] = ()
+    # Finished runs without a recorded config, compared on the cell keys only.
+    n_no_config: int = 0
 
     @property
     def digits(self) -> int:
