@@ -17,6 +17,8 @@ Schema (version 1)::
     cell            the fields of RunCell, in that order (crop_size and transform optional)
     metrics         {name: number | null}                (accuracies are fractions in [0, 1])
     logger, epochs, wall_time_s, output_dir              optional, type-checked when present
+    predictions     str | null (optional)                the per-image test predictions file
+                                                         next to metrics.json (null: no test)
 
 The cell keys are defined once, as the fields of ``RunCell``: each field's metadata names the
 config key it is read from, its type and its minimum.
@@ -33,6 +35,7 @@ from stnrepro.errors import StnreproError
 
 SCHEMA_VERSION = 1
 RECORD_FILENAME = "metrics.json"
+PREDICTIONS_FILENAME = "predictions.csv"  # per-image test predictions, next to the record
 STATUSES = ("finished", "failed", "running")
 
 
@@ -105,6 +108,7 @@ class RunRecord:
     epochs: int | None = None
     wall_time_s: float | None = None
     output_dir: str | None = None
+    predictions: str | None = None
     schema_version: int = SCHEMA_VERSION
     config: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
@@ -253,6 +257,7 @@ def _parse_record(data: Any, source: str, config: Mapping[str, Any] | None) -> R
         epochs=_get(data, "epochs", "int", source, required=False),
         wall_time_s=None if wall is None else float(wall),
         output_dir=_get(data, "output_dir", "str", source, required=False),
+        predictions=_get(data, "predictions", "str", source, required=False),
         schema_version=version,
         config=config,
     )

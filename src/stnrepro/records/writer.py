@@ -99,6 +99,7 @@ class RecordWriter:
             "epochs": epochs,
             "wall_time_s": None,
             "output_dir": str(Path(output_dir).resolve()),
+            "predictions": None,  # the predictions file's name, next to metrics.json
         }
         self._t0 = datetime.now(timezone.utc)
 

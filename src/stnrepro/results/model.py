@@ -91,6 +91,10 @@ class CellStats(Summary):
     failed: int = 0
     unfinished: int = 0
     duplicates: int = 0
+    # From the runs' per-image test predictions (``stnrepro.results.claims``); the interval
+    # is None when no used run has predictions or the table's metric is not a test accuracy.
+    interval: tuple[float, float] | None = None  # (lo, hi) at 95%, display units
+    missing: tuple[str, ...] = ()  # run names of used runs without predictions
 
     @property
     def excluded(self) -> int:
@@ -108,6 +112,34 @@ class TableRow:
     paper_image_size: int | None = None
     num_transformers: int | None = None
     stats: CellStats | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Model ``b`` minus model ``a`` (pp): the paper's difference beside ours, paired.
+
+    ``delta``/``lo``/``hi``/``verdict``/``resolution`` come from the paired bootstrap over
+    the runs with predictions (``stnrepro.results.stats.paired_difference``); without
+    predictions on either side ``delta`` is the difference of the table's means and the rest
+    is None. ``paper_resolution`` is the larger single-run binomial half-width of the two
+    paper numbers (one run each on CUB's test set). ``missing`` names runs of either cell
+    left out of the paired statistics for lack of predictions.
+    """
+
+    a: TableRow
+    b: TableRow
+    paper_delta: float | None
+    paper_resolution: float | None
+    delta: float | None
+    lo: float | None = None
+    hi: float | None = None
+    verdict: str | None = None
+    resolution: float | None = None
+    missing: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"{self.b.label} over {self.a.label}"
 
 
 @dataclass(frozen=True)
@@ -132,6 +164,10 @@ class TableData:
     n_unfinished: int
     n_duplicates: int
     attention: bool = False
+    # Whether cells carry prediction intervals (the metric is a test accuracy), and the
+    # comparisons (None: the metric is not test/acc, so there are none).
+    intervals: bool = False
+    claims: tuple[Claim, ...] | None = None
 
     @property
     def digits(self) -> int:
