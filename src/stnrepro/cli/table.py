@@ -3,6 +3,7 @@
     stn-table --runs multirun/2026-11-22/10-00-00
     stn-table --wandb ENTITY/PROJECT --group sweep-x --out results/
     stn-table --runs multirun/... --with-attention
+    stn-table --runs multirun/... --wandb-log --group sweep-x
 
 Writes ``<name>.md/.csv/.tex/.png`` to ``--out`` and prints the table. Any problem with
 the records is one line on stderr and exit status 2, with nothing written.
@@ -11,16 +12,19 @@ the records is one line on stderr and exit status 2, with nothing written.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from stnrepro.errors import StnreproError
 from stnrepro.records.reader import load_records, load_wandb_records
-from stnrepro.records.schema import RECORD_FILENAME
+from stnrepro.records.schema import RECORD_FILENAME, RunRecord
 from stnrepro.results.aggregate import aggregate
+from stnrepro.results.dashboard import log_table
 from stnrepro.results.render import default_table_name, print_table, write_table
 
 PROG = "stn-table"
+DEFAULT_PROJECT = "stnrepro"  # --wandb-log's project when the runs name none
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +55,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="also tabulate where the transformers look (IoU with the bird box, centre/head/"
         "body hit rates per transformer; keys <stage>/st{i}/..., stage from --metric)",
     )
+    parser.add_argument(
+        "--wandb-log",
+        action="store_true",
+        help="also log the result to W&B as a run with job_type=table in --group (default: "
+        "the runs' group): the table and claims as tables, the plot, and the files as an "
+        "artifact; project from --wandb or the runs' records; offline without credentials",
+    )
     return parser
+
+
+def _wandb_target(
+    args: argparse.Namespace, records: Sequence[RunRecord]
+) -> tuple[str | None, str, str | None]:
+    """(entity, project, group) for --wandb-log: from the flags, else from the runs' records."""
+    loggers = [r.logger or {} for r in records]
+    if args.wandb:
+        entity, project = args.wandb.split("/")
+    else:
+        entity = None
+        projects = sorted({str(p) for lg in loggers if (p := lg.get("project"))})
+        project = projects[0] if len(projects) == 1 else DEFAULT_PROJECT
+    groups = sorted({str(g) for lg in loggers if (g := lg.get("group"))})
+    group = args.group or (groups[0] if len(groups) == 1 else None)
+    return entity, project, group
+
+
+def _wandb_mode() -> str:
+    from stnrepro.train import wandb_credentials_present  # deferred: imports Lightning
+
+    if os.environ.get("WANDB_MODE") == "offline" or not wandb_credentials_present():
+        return "offline"
+    return "online"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,11 +113,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             pretrained=args.pretrained,
             attention=args.with_attention,
         )
-        paths = write_table(table, args.out, args.name or default_table_name(table))
+        name = args.name or default_table_name(table)
+        paths = write_table(table, args.out, name)
     except StnreproError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     print_table(table)
     for path in paths:
         print(f"wrote {path}")
+    if args.wandb_log:
+        entity, project, group = _wandb_target(args, records)
+        mode = _wandb_mode()
+        run_dir = log_table(
+            table, paths, name=name, project=project, entity=entity, group=group, mode=mode,
+            save_dir=args.out,
+        )  # fmt: skip
+        print(f"logged to W&B ({mode}, project {project}, group {group}): {run_dir}")
     return 0

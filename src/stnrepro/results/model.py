@@ -139,7 +139,13 @@ class Claim:
 
     @property
     def label(self) -> str:
-        return f"{self.b.label} over {self.a.label}"
+        """``2xST 224 over CNN 224``: short, with our input sizes (the header maps them)."""
+        return f"{_short(self.b)} over {_short(self.a)}"
+
+
+def _short(row: TableRow) -> str:
+    model = "CNN" if not row.num_transformers else f"{row.num_transformers}xST"
+    return f"{model} {row.image_size}"
 
 
 @dataclass(frozen=True)
