@@ -15,7 +15,7 @@ from stnrepro.records.writer import RecordWriter, table_cell
 # Schema 1 as written by train.py before the writer and reader shared one module.
 TOP_LEVEL_KEYS = [
     "schema_version", "status", "error", "run_name", "started_at", "finished_at", "cell",
-    "metrics", "logger", "epochs", "wall_time_s", "output_dir",
+    "metrics", "logger", "epochs", "wall_time_s", "output_dir", "predictions",
 ]  # fmt: skip
 CELL_ORDER = [
     "dataset", "backbone", "pretrained", "image_size", "crop_size", "num_transformers",

@@ -275,7 +275,7 @@ def claims_notes(table: TableData) -> list[str]:
             "Paper ±: what one run on the paper's test set resolves at 95% (binomial, the "
             "larger of the two numbers'); a paper Δ smaller than it is within test-set noise"
         )
-    missing = sorted({name for c in table.claims or () for name in c.missing})
+    missing = list(dict.fromkeys(name for c in table.claims or () for name in c.missing))
     if missing:
         lines.append(
             f"Left out of the paired statistics (no predictions.csv): {', '.join(missing)}"
@@ -286,9 +286,9 @@ def claims_notes(table: TableData) -> list[str]:
 def claims_columns() -> tuple[Column, ...]:
     return (
         Column("Comparison"),
-        Column("Paper Δ (pp)", latex=r"Paper $\Delta$ (pp)", short="Paper Δ"),
+        Column("Paper Δ (pp)", latex=r"Paper $\Delta$ (pp)", short="Paper"),
         Column("Paper ± (pp)", latex=r"Paper $\pm$ (pp)", short="±"),
-        Column("Ours Δ (pp)", latex=r"Ours $\Delta$ (pp)", short="Ours Δ"),
+        Column("Ours Δ (pp)", latex=r"Ours $\Delta$ (pp)", short="Ours"),
         Column("95% CI (pp)", short="95% CI"),
         Column("Verdict"),
         Column("Resolvable (pp)", short="Res."),
