@@ -31,7 +31,9 @@ from stnrepro.results.render import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-OUTPUTS = ("cub_table.md", "cub_table.csv", "cub_table.tex", "cub_table.png")
+OUTPUTS = (
+    "cub_table.md", "cub_table.csv", "cub_table.tex", "cub_table_claims.csv", "cub_table.png",
+)  # fmt: skip
 
 
 def make_record(
@@ -164,28 +166,58 @@ EXPECTED_MD = """\
 - Dataset: cub; backbone: inception_v3; pretrained: yes
 - ST runs: crop 224 px, transform attention
 - Input sizes: as in the paper
-- Metric: test/acc in %, mean ± sample std (n-1) over seeds, std omitted when n = 1; \
-Δ = ours - paper, in percentage points
-- Runs: 6 used; excluded: 1 failed, 1 unfinished; 1 duplicate dropped \
-(older finished reruns of a seed)
+- Metric: test/acc in %, mean ± sample std (n-1) over seeds, std omitted when n = 1; Δ = ours \
+- paper, in percentage points
+- Runs: 6 used; excluded: 1 failed, 1 unfinished; 1 duplicate dropped (older finished reruns \
+of a seed)
 - Column 'failed' counts a row's failed and unfinished runs (excluded)
 - Environment: torch 2.14.1, torchvision 0.29.1, lightning 2.6.6, \
 CPU Intel(R) Xeon(R) Platinum 8480+ (AVX512), 2 threads, fp32; data cub index ab12cd34
+- 95% CI: percentile bootstrap over seeds and test images together, from each run's per-image \
+predictions (predictions.csv); — where no run of the row has them
+- No predictions.csv, so in mean ± std but not in the 95% CI or the claims: CNN-224-s0, \
+CNN-224-s1, 2xST-224-s0, 2xST-224-s1, CNN-448-s0, 4xST-224-s0
+- Paper top-1: one run each on 5,794 test images, which resolves about ±0.9–1.0 pp at 95% \
+(binomial), before any seed-to-seed spread
 
-| Method                               |   Paper top-1 (%) |   Ours test/acc (%) |   Δ (pp) |   n |   failed |
-|:-------------------------------------|------------------:|--------------------:|---------:|----:|---------:|
-| Cimpoi '15                           |              66.7 |                   — |        — |   — |        — |
-| Zhang '14                            |              74.9 |                   — |        — |   — |        — |
-| Branson '14                          |              75.7 |                   — |        — |   — |        — |
-| Lin '15                              |              80.9 |                   — |        — |   — |        — |
-| Simon '15                            |              81.0 |                   — |        — |   — |        — |
-| CNN 224px                            |              82.3 |          81.6 ± 0.8 |     -0.7 |   2 |        1 |
-| 2xST-CNN 224px                       |              83.1 |          83.3 ± 0.4 |     +0.2 |   2 |        0 |
-| 2xST-CNN 448px                       |              83.9 |                   — |        — |   0 |        1 |
-| 4xST-CNN 448px                       |              84.1 |                   — |        — |   0 |        0 |
-| ***Extra cells (not in the paper)*** |                   |                     |          |     |          |
-| CNN 448px                            |                 — |                81.5 |        — |   1 |        0 |
-| 4xST-CNN 224px                       |                 — |                84.0 |        — |   1 |        0 |
+| Method                               |   Paper top-1 (%) |   Ours test/acc (%) |   95% CI (%) |   Δ (pp) |   n |   failed |
+|:-------------------------------------|------------------:|--------------------:|-------------:|---------:|----:|---------:|
+| Cimpoi '15                           |              66.7 |                   — |            — |        — |   — |        — |
+| Zhang '14                            |              74.9 |                   — |            — |        — |   — |        — |
+| Branson '14                          |              75.7 |                   — |            — |        — |   — |        — |
+| Lin '15                              |              80.9 |                   — |            — |        — |   — |        — |
+| Simon '15                            |              81.0 |                   — |            — |        — |   — |        — |
+| CNN 224px                            |              82.3 |          81.6 ± 0.8 |            — |     -0.7 |   2 |        1 |
+| 2xST-CNN 224px                       |              83.1 |          83.3 ± 0.4 |            — |     +0.2 |   2 |        0 |
+| 2xST-CNN 448px                       |              83.9 |                   — |            — |        — |   0 |        1 |
+| 4xST-CNN 448px                       |              84.1 |                   — |            — |        — |   0 |        0 |
+| ***Extra cells (not in the paper)*** |                   |                     |              |          |     |          |
+| CNN 448px                            |                 — |                81.5 |            — |        — |   1 |        0 |
+| 4xST-CNN 224px                       |                 — |                84.0 |            — |        — |   1 |        0 |
+
+## Claims: differences between cells, paired on the same test images
+
+- X over Y: X - Y in percentage points; ours from the runs' per-image predictions, paired on \
+the same test images (bootstrap over images and seeds, 95%)
+- Verdict on 'X beats Y': confirmed = the whole interval is above 0, contradicted = below 0, \
+inconclusive = it contains 0
+- Resolvable: half the interval's width, the smallest difference these runs can tell from 0; \
+with no predictions on a side there is only the difference of the means
+- Paper ±: what one run on the paper's test set resolves at 95% (binomial, the larger of the \
+two numbers'); a paper Δ smaller than it is within test-set noise
+- Left out of the paired statistics (no predictions.csv): CNN-224-s0, CNN-224-s1, 2xST-224-s0, \
+2xST-224-s1, CNN-448-s0, 4xST-224-s0
+
+| Comparison             |   Paper Δ (pp) |   Paper ± (pp) |   Ours Δ (pp) |   95% CI (pp) |   Verdict |   Resolvable (pp) |
+|:-----------------------|---------------:|---------------:|--------------:|--------------:|----------:|------------------:|
+| 2xST 224 over CNN 224  |           +0.8 |            1.0 |          +1.7 |             — |         — |                 — |
+| 2xST 448 over 2xST 224 |           +0.8 |            1.0 |             — |             — |         — |                 — |
+| 4xST 448 over 2xST 448 |           +0.2 |            0.9 |             — |             — |         — |                 — |
+| 4xST 448 over CNN 224  |           +1.8 |            1.0 |             — |             — |         — |                 — |
+| ***With extra cells*** |                |                |               |               |           |                   |
+| CNN 448 over CNN 224   |              — |              — |          -0.1 |             — |         — |                 — |
+| 4xST 224 over CNN 224  |              — |              — |          +2.4 |             — |         — |                 — |
+| 4xST 224 over 2xST 224 |              — |              — |          +0.7 |             — |         — |                 — |
 """  # noqa: E501 (tabulate pads the columns)
 
 MIXED_MESSAGE = (
@@ -257,10 +289,13 @@ def test_small_demo_sizes_map_onto_the_paper_sizes(tmp_path: Path) -> None:
     write_record(tmp_path, "c", make_record(size=64, nt=4, acc=0.55))
     md = squeeze(render_markdown(aggregate(load_records(tmp_path))))
     assert "- Input sizes: input 64/128 px stand in for the paper's 224/448 px\n" in md
-    assert "| CNN 64px (paper: 224px) | 82.3 | 50.0 | -32.3 | 1 | 0 |\n" in md
-    assert "| 2xST-CNN 128px (paper: 448px) | 83.9 | 60.0 | -23.9 | 1 | 0 |\n" in md
-    assert "| 4xST-CNN 128px (paper: 448px) | 84.1 | — | — | 0 | 0 |\n" in md
-    assert md.endswith("| 4xST-CNN 64px (paper: 224px) | — | 55.0 | — | 1 | 0 |\n")
+    assert "| CNN 64px (paper: 224px) | 82.3 | 50.0 | — | -32.3 | 1 | 0 |\n" in md
+    assert "| 2xST-CNN 128px (paper: 448px) | 83.9 | 60.0 | — | -23.9 | 1 | 0 |\n" in md
+    assert "| 4xST-CNN 128px (paper: 448px) | 84.1 | — | — | — | 0 | 0 |\n" in md
+    assert "| 4xST-CNN 64px (paper: 224px) | — | 55.0 | — | — | 1 | 0 |\n" in md
+    # The claims use our sizes; the paper's 2xST 224 has no stand-in runs here.
+    assert "| 2xST 128 over 2xST 64 | +0.8 | 1.0 | — | — | — | — |\n" in md
+    assert md.endswith("| 4xST 64 over CNN 64 | — | — | +5.0 | — | — | — |\n")
 
 
 def test_more_than_two_stand_in_sizes_are_refused(tmp_path: Path) -> None:
@@ -311,8 +346,8 @@ def test_latex_uses_booktabs(runs: Path) -> None:
     tex = squeeze(render_latex(aggregate(load_records(runs), dataset="cub")))
     for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"\end{tabular}"):
         assert rule in tex
-    assert r"CNN 224px & 82.3 & 81.6 $\pm$ 0.8 & $-0.7$ & 2 & 1 \\" in tex
-    assert "\n" + r"\emph{Extra cells (not in the paper)} & & & & & \\" + "\n" in tex
+    assert r"CNN 224px & 82.3 & 81.6 $\pm$ 0.8 & --- & $-0.7$ & 2 & 1 \\" in tex
+    assert "\n" + r"\emph{Extra cells (not in the paper)} & & & & & & \\" + "\n" in tex
 
 
 def test_paper_numbers_come_from_the_packaged_csv() -> None:
@@ -337,7 +372,9 @@ def test_custom_paper_table_changes_the_numbers(runs: Path) -> None:
         "2xST,Test,448,2,90.0\n"
     )
     table = aggregate(load_records(runs), dataset="cub", paper=load_paper_table(text))
-    assert "| CNN 224px | 80.0 | 81.6 ± 0.8 | +1.6 | 2 | 1 |\n" in squeeze(render_markdown(table))
+    assert "| CNN 224px | 80.0 | 81.6 ± 0.8 | — | +1.6 | 2 | 1 |\n" in squeeze(
+        render_markdown(table)
+    )
 
 
 # --------------------------------------------------------------------------- bad records
@@ -658,7 +695,7 @@ def test_attention_latex_is_a_second_booktabs_tabular(attention_runs: Path) -> N
     tex = render_latex(table)
     assert tex.startswith(render_latex(table, attention=False))
     tex = squeeze(tex)
-    assert tex.count(r"\begin{tabular}") == tex.count(r"\bottomrule") == 2
+    assert tex.count(r"\begin{tabular}") == tex.count(r"\bottomrule") == 3  # + the claims
     assert "% Where the transformers look (test set)\n" in tex
     assert (
         r"Method & ST & IoU (\%) & centre hit (\%) & head hit (\%) & body hit (\%) & $n$ \\" in tex
@@ -702,7 +739,7 @@ def test_cli_with_attention_writes_and_prints_it(
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
     md = (out / "cub_table.md").read_text(encoding="utf-8")
     assert md == EXPECTED_MD + EXPECTED_ATTENTION_MD
-    assert (out / "cub_table.tex").read_text(encoding="utf-8").count(r"\begin{tabular}") == 2
+    assert (out / "cub_table.tex").read_text(encoding="utf-8").count(r"\begin{tabular}") == 3
     assert "st3_hit_body_mean" in (out / "cub_table.csv").read_text(encoding="utf-8")
     printed = capsys.readouterr().out
     assert "\nWhere the transformers look (test set)\n" in printed
@@ -811,12 +848,12 @@ def test_terminal_shows_the_markdown_cells_within_80_columns(runs: Path) -> None
     table = aggregate(load_records(runs), dataset="cub")
     text = render_terminal(table)
     md = render_markdown(table)
-    notes = [line[2:] for line in md.splitlines() if line.startswith("- ")]
+    notes = [line[2:] for line in md.split("\n\n|")[0].splitlines() if line.startswith("- ")]
     assert text.startswith(f"Comparison with {table.paper_source}\n" + "\n".join(notes) + "\n")
-    body = text.split("\n\n", 1)[1]
+    body = text.split("\n\n")[1]  # the main table (the claims section follows)
     assert all(len(line) <= 80 for line in body.splitlines())
-    assert "\nCNN 224px 82.3 81.6 ± 0.8 -0.7 2 1\n" in squeeze(body)
-    assert "\nExtra cells (not in the paper)\n" in body
+    assert "\nCNN 224px 82.3 81.6 ± 0.8 — -0.7 2 1\n" in squeeze(body)
+    assert "\nExtra cells\n" in body
 
 
 def test_latex_negative_mean_is_not_wrapped_in_math(tmp_path: Path) -> None:

@@ -65,8 +65,8 @@ def test_split_by_gives_one_table_per_value(tmp_path: Path, capsys) -> None:
         text = (out / f"cub_table-model.fixed_scale={value}.csv").read_text()
         row = _csv_row(text, "2xST-CNN 224px")
         assert (row["n"], row["duplicates"], row["ours_mean"]) == ("1", "0", mean)
-    assert len(list(out.iterdir())) == 8  # two sets of .md/.csv/.tex/.png
-    assert "== model.fixed_scale=0.3" in capsys.readouterr().out
+    assert len(list(out.iterdir())) == 10  # two sets of .md/.csv/.tex/.png/_claims.csv
+    assert "== cub_table-model.fixed_scale=0.3" in capsys.readouterr().out
 
 
 def test_split_by_an_unknown_key_or_an_old_record_is_refused(tmp_path: Path, capsys) -> None:

@@ -162,3 +162,39 @@ def test_logger_summary_gets_the_finished_record(cub_root, make_cfg, monkeypatch
     record = train(make_cfg(tiny_overrides(cub_root, 0)))
     assert [s["status"] for s in seen] == ["finished"]
     assert seen[0]["metrics"]["test/acc"] == record["metrics"]["test/acc"]
+
+
+def test_short_cpu_run_writes_predictions_matching_its_test_acc(cub_root, make_cfg):
+    """predictions.csv holds every test image once; its accuracy is the record's test/acc.
+
+    With the W&B logger (offline) the file is also an artifact of type ``predictions``, and
+    the run table summarises val/acc by its maximum and test/acc by its last value.
+    """
+    from wandb_records import read_records
+
+    from stnrepro.results.stats import read_predictions
+
+    cfg = make_cfg(tiny_overrides(cub_root, 2)[:-1] + ["logger=wandb"])
+    record = train(cfg)
+    out = Path(cfg.paths.output_dir)
+    assert record["predictions"] == "predictions.csv"
+    predictions = read_predictions(out / "predictions.csv")
+    test_ids = [
+        int(line.split()[0])
+        for line in (cub_root / "train_test_split.txt").read_text().splitlines()
+        if line.split()[1] == "0"
+    ]
+    assert predictions.image_id.tolist() == sorted(test_ids)
+    assert predictions.accuracy == pytest.approx(record["metrics"]["test/acc"], abs=1e-6)
+    assert predictions.correct_top5.all()  # 3 classes: the label is always in the top 5
+    (run_file,) = out.glob("wandb/offline-run-*/run-*.wandb")
+    records = read_records(run_file, wait_s=10)
+    summaries = {
+        r.metric.name: [f.name for f, on in r.metric.summary.ListFields() if on]
+        for r in records
+        if r.WhichOneof("record_type") == "metric" and r.metric.name
+    }
+    assert summaries["val/acc"] == ["max"] and summaries["test/acc"] == ["last"]
+    artifacts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
+    (logged,) = [a for a in artifacts if a.type == "predictions"]
+    assert [m.path for m in logged.manifest.contents] == ["predictions.csv"]

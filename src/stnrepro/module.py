@@ -7,6 +7,10 @@ per-transformer statistics ``{stage}/st{i}/{tx,ty,s}_{mean,std}`` and
 drift shows in the dashboard. On val/test, where the dataset has boxes and parts, also
 where the transformers look (``stnrepro.attention``): ``{stage}/st{i}/iou`` with the bird
 box, ``hit_center``, ``hit_head``, ``hit_body`` and ``hit_<part>`` rates.
+
+After a test epoch ``test_predictions`` holds the per-image predictions (columns image_id,
+label, pred, correct_top5; gathered from all ranks) that ``train`` writes as
+``predictions.csv`` (``stnrepro.results.stats``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -189,6 +194,8 @@ class STCNNModule(pl.LightningModule):
                  batch_size=batch_size, sync_dist=not on_step)  # fmt: skip
         metrics: MetricCollection = getattr(self, f"{stage}_metrics")
         metrics.update(out.logits.detach(), batch["label"])
+        if stage == "test":
+            self._collect_predictions(batch, out.logits.detach())
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
         if out.theta is not None:
             if stage != "train":
@@ -248,6 +255,51 @@ class STCNNModule(pl.LightningModule):
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._step(batch, "test")
 
+    def on_test_epoch_start(self) -> None:
+        """Start a test epoch with no predictions (``test_predictions`` is set at its end)."""
+        self._test_outputs: list[Tensor] = []
+        self.test_predictions: dict[str, np.ndarray] | None = None
+
+    def _collect_predictions(self, batch: dict[str, Tensor], logits: Tensor) -> None:
+        """Keep (image_id, label, top-1, label-in-top-5) per test image, as int64 rows.
+
+        Batches without ``image_id`` (a dataset that has none) keep nothing.
+        """
+        if "image_id" not in batch:
+            return
+        if not hasattr(self, "_test_outputs"):  # test_step called outside a test epoch
+            self._test_outputs = []
+        label = batch["label"]
+        k = min(5, logits.shape[1])
+        top5 = (logits.topk(k, dim=1).indices == label[:, None]).any(dim=1)
+        self._test_outputs.append(
+            torch.stack([batch["image_id"], label, logits.argmax(dim=1), top5.long()], dim=1)
+        )
+
+    def _gather_predictions(self) -> None:
+        """All ranks' rows -> ``test_predictions`` (numpy columns, one row per image id).
+
+        Under DDP every rank holds the same number of rows (DistributedSampler pads the
+        test set by repeating images), which ``all_gather`` needs; the repeats are dropped
+        here by image id, so the file has each test image once.
+        """
+        outputs = getattr(self, "_test_outputs", None)
+        if not outputs:
+            return
+        rows = torch.cat(outputs)
+        if self.trainer.world_size > 1:
+            rows = self.all_gather(rows).reshape(-1, rows.shape[1])
+        table = rows.cpu().numpy()
+        _, first = np.unique(table[:, 0], return_index=True)
+        table = table[np.sort(first)]
+        self.test_predictions = {
+            "image_id": table[:, 0],
+            "label": table[:, 1],
+            "pred": table[:, 2],
+            "correct_top5": table[:, 3],
+        }
+        self._test_outputs = []
+
     def on_train_epoch_end(self) -> None:
         self._log_epoch_metrics("train")
 
@@ -256,6 +308,7 @@ class STCNNModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
+        self._gather_predictions()
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Parameter groups with learning rates relative to the optimizer's base ``lr``."""

@@ -33,9 +33,10 @@ from stnrepro.checkpoint_io import AtomicCheckpointIO
 from stnrepro.config import CONFIG_NAME, CONFIG_PATH
 from stnrepro.errors import ConfigError, StnreproError, one_line
 from stnrepro.lifecycle import check_same_run, hold_output_dir, run_definition, save_definition
-from stnrepro.records.schema import RECORD_FILENAME
+from stnrepro.records.schema import PREDICTIONS_FILENAME, RECORD_FILENAME
 from stnrepro.records.writer import RecordWriter, table_cell
 from stnrepro.reproducibility import RNGStateCallback, resolve_ckpt_path
+from stnrepro.results.stats import Predictions, write_predictions
 
 log = logging.getLogger("stnrepro")
 
@@ -94,7 +95,21 @@ def build_logger(cfg: DictConfig, output_dir: Path, name: str) -> Logger | None:
             "resume": "allow",
             "save_dir": str(output_dir),
         }
-    return instantiate(cfg.logger, **kwargs)
+    logger = instantiate(cfg.logger, **kwargs)
+    if target.endswith("WandbLogger"):
+        _define_summaries(logger)
+    return logger
+
+
+# Run-table summaries: the best validation accuracy over epochs, the final test accuracy.
+WANDB_SUMMARIES = {"val/acc": "max", "test/acc": "last", "test/acc_top5": "last"}
+
+
+def _define_summaries(logger: Logger) -> None:
+    """Make W&B's run table show ``WANDB_SUMMARIES`` (not just each key's last value)."""
+    experiment = logger.experiment  # a no-op stand-in on ranks other than 0
+    for key, summary in WANDB_SUMMARIES.items():
+        experiment.define_metric(key, summary=summary)
 
 
 def build_callbacks(cfg: DictConfig, has_logger: bool, has_val: bool) -> list[pl.Callback]:
@@ -228,6 +243,7 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any])
             ckpt = "best" if cfg.test_ckpt == "best" and datamodule.has_val else None
             trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
             record.update_metrics(_metrics(trainer))
+            _save_predictions(model, trainer, output_dir, record, logger)
         record.finish()
         if logger is not None:  # after finish(): the W&B copy must say "finished" too
             _log_summary(logger, record)
@@ -265,6 +281,39 @@ def _interruption(trainer: pl.Trainer | None, exc: BaseException) -> tuple[str, 
     ):
         return f"interrupted by Ctrl-C; {RESUME_HINT}", 130
     return None
+
+
+def _save_predictions(
+    model: pl.LightningModule,
+    trainer: pl.Trainer,
+    output_dir: Path,
+    record: RecordWriter,
+    logger: Logger | None,
+) -> None:
+    """Write the test's per-image predictions next to the record; log them to W&B.
+
+    Every rank holds the gathered predictions, so every rank's record names the file; only
+    rank 0 writes it and logs it (an artifact of type ``predictions``).
+    """
+    columns = getattr(model, "test_predictions", None)
+    if columns is None:
+        return
+    record.data["predictions"] = PREDICTIONS_FILENAME
+    if not trainer.is_global_zero:
+        return
+    path = output_dir / PREDICTIONS_FILENAME
+    label, pred = columns["label"], columns["pred"]
+    predictions = Predictions(
+        columns["image_id"], label, pred, label == pred, columns["correct_top5"], source=str(path)
+    )
+    write_predictions(path, predictions)
+    if logger is not None and type(logger).__name__.startswith("Wandb"):
+        import wandb
+
+        run = logger.experiment
+        artifact = wandb.Artifact(f"predictions-{run.id}", type="predictions")
+        artifact.add_file(str(path))
+        run.log_artifact(artifact)
 
 
 def _log_summary(logger: Logger, record: RecordWriter) -> None:

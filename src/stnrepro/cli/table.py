@@ -4,6 +4,7 @@
     stn-table --wandb ENTITY/PROJECT --group sweep-x --out results/
     stn-table --runs multirun/... --with-attention
     stn-table --runs multirun/... --split-by model.fixed_scale   # one table per value
+    stn-table --runs multirun/... --wandb-log --group sweep-x
 
 Writes ``<name>.md/.csv/.tex/.png`` to ``--out`` and prints the table; with ``--split-by KEY``
 one set per value, ``<name>-KEY=VALUE.*``. Any problem with
@@ -13,18 +14,21 @@ the records is one line on stderr and exit status 2, with nothing written.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from stnrepro.errors import StnreproError
 from stnrepro.records.reader import load_records, load_wandb_records
-from stnrepro.records.schema import RECORD_FILENAME
+from stnrepro.records.schema import RECORD_FILENAME, RunRecord
 from stnrepro.results.aggregate import aggregate
 from stnrepro.results.agreement import split
+from stnrepro.results.dashboard import log_table
 from stnrepro.results.model import TableError
 from stnrepro.results.render import default_table_name, print_table, write_table
 
 PROG = "stn-table"
+DEFAULT_PROJECT = "stnrepro"  # --wandb-log's project when the runs name none
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +68,38 @@ def build_parser() -> argparse.ArgumentParser:
         "written as <name>-KEY=VALUE.*; repeatable. Runs in one cell must otherwise differ "
         "only in their seed",
     )
+    parser.add_argument(
+        "--wandb-log",
+        action="store_true",
+        help="also log the result to W&B as a run with job_type=table in --group (default: "
+        "the runs' group): the table and claims as tables, the plot, and the files as an "
+        "artifact; project from --wandb or the runs' records; offline without credentials",
+    )
     return parser
+
+
+def _wandb_target(
+    args: argparse.Namespace, records: Sequence[RunRecord]
+) -> tuple[str | None, str, str | None]:
+    """(entity, project, group) for --wandb-log: from the flags, else from the runs' records."""
+    loggers = [r.logger or {} for r in records]
+    if args.wandb:
+        entity, project = args.wandb.split("/")
+    else:
+        entity = None
+        projects = sorted({str(p) for lg in loggers if (p := lg.get("project"))})
+        project = projects[0] if len(projects) == 1 else DEFAULT_PROJECT
+    groups = sorted({str(g) for lg in loggers if (g := lg.get("group"))})
+    group = args.group or (groups[0] if len(groups) == 1 else None)
+    return entity, project, group
+
+
+def _wandb_mode() -> str:
+    from stnrepro.train import wandb_credentials_present  # deferred: imports Lightning
+
+    if os.environ.get("WANDB_MODE") == "offline" or not wandb_credentials_present():
+        return "offline"
+    return "online"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,19 +131,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             except StnreproError as exc:
                 raise TableError(f"{suffix.lstrip('-')}: {exc}" if suffix else str(exc)) from None
-            tables.append((suffix, table))
+            tables.append(((args.name or default_table_name(table)) + suffix, table))
         # All tables are built (and so checked) before the first file is written.
-        paths = [
-            write_table(table, args.out, (args.name or default_table_name(table)) + suffix)
-            for suffix, table in tables
-        ]
+        paths = [write_table(table, args.out, name) for name, table in tables]
     except StnreproError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    for (suffix, table), written in zip(tables, paths, strict=True):
-        if suffix:
-            print(f"== {suffix.lstrip('-')}")
+    for (name, table), written in zip(tables, paths, strict=True):
+        if len(tables) > 1:
+            print(f"== {name}")
         print_table(table)
         for path in written:
             print(f"wrote {path}")
+    if args.wandb_log:
+        entity, project, group = _wandb_target(args, records)
+        mode = _wandb_mode()
+        for (name, table), written in zip(tables, paths, strict=True):
+            run_dir = log_table(
+                table, written, name=name, project=project, entity=entity, group=group,
+                mode=mode, save_dir=args.out,
+            )  # fmt: skip
+            print(f"logged {name} to W&B ({mode}, project {project}, group {group}): {run_dir}")
     return 0

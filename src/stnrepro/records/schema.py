@@ -17,6 +17,8 @@ Schema (version 1)::
     cell            the fields of RunCell, in that order (crop_size and transform optional)
     metrics         {name: number | null}                (accuracies are fractions in [0, 1])
     logger, epochs, wall_time_s, output_dir              optional, type-checked when present
+    predictions     str | null (optional)                the per-image test predictions file
+                                                         next to metrics.json (null: no test)
     config          {dotted.key: value} | null           optional: the run definition
                                                          (``stnrepro.lifecycle.run_definition``)
     provenance      object | null                        optional: code, libraries, machine,
@@ -41,6 +43,7 @@ from stnrepro.errors import StnreproError
 
 SCHEMA_VERSION = 1
 RECORD_FILENAME = "metrics.json"
+PREDICTIONS_FILENAME = "predictions.csv"  # per-image test predictions, next to the record
 STATUSES = ("finished", "failed", "running")
 
 
@@ -113,6 +116,7 @@ class RunRecord:
     epochs: int | None = None
     wall_time_s: float | None = None
     output_dir: str | None = None
+    predictions: str | None = None
     schema_version: int = SCHEMA_VERSION
     # The run definition: the record's ``config``, or else (W&B) the run's logged config.
     config: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
@@ -263,6 +267,7 @@ def _parse_record(data: Any, source: str, config: Mapping[str, Any] | None) -> R
         epochs=_get(data, "epochs", "int", source, required=False),
         wall_time_s=None if wall is None else float(wall),
         output_dir=_get(data, "output_dir", "str", source, required=False),
+        predictions=_get(data, "predictions", "str", source, required=False),
         schema_version=version,
         config=_get(data, "config", "dict", source, required=False) or config,
         provenance=_get(data, "provenance", "dict", source, required=False),

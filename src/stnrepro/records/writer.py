@@ -107,6 +107,7 @@ class RecordWriter:
             "output_dir": str(Path(output_dir).resolve()),
             "config": config,
             "provenance": None,
+            "predictions": None,  # the predictions file's name, next to metrics.json
         }
         self._t0 = datetime.now(timezone.utc)
 

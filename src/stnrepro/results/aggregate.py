@@ -4,7 +4,8 @@ The rules (README "The comparison table") are all here: one cell per (image_size
 num_transformers), latest finished rerun per seed, failed/unfinished runs counted and
 excluded, setups never mixed, runs of a cell differing only in their seed
 (``results.agreement``), paper numbers only from ``paper_cub_table.csv``, our sizes
-mapped onto the paper's by rank when they differ; and the attention lines of the ST rows.
+mapped onto the paper's by rank when they differ; the cells' intervals and the claims from
+the runs' predictions (``stnrepro.results.claims``); and the attention lines of the ST rows.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from importlib import resources
 
 from stnrepro.records.schema import RunRecord
 from stnrepro.results.agreement import check_cell
+from stnrepro.results.claims import add_prediction_stats
 from stnrepro.results.environment import differences, environment_lines
 from stnrepro.results.model import (
     ATTENTION_METRICS,
@@ -306,6 +308,7 @@ def aggregate(
             )
         )
 
+    shown_rows, intervals, claims = add_prediction_stats(rows, metric, _is_top1(metric))
     first = picked[0].cell
     st_cells = [r.cell for r in picked if r.cell.num_transformers > 0]
     table = TableData(
@@ -317,7 +320,7 @@ def aggregate(
         compare_to_paper=_is_top1(metric),
         # Most common source; ties go to the first row (Counter keeps insertion order).
         paper_source=Counter(p.source for p in ours_rows).most_common(1)[0][0],
-        rows=tuple(rows),
+        rows=shown_rows,
         size_map=tuple(sorted(size_map.items())),
         mapped=mapped,
         crop_size=st_cells[0].crop_size if st_cells else None,
@@ -332,6 +335,8 @@ def aggregate(
             environment_lines([run for row in rows if row.stats for run in row.stats.runs])
         ),
         n_no_config=n_no_config,
+        intervals=intervals,
+        claims=claims,
     )
     if attention:
         attention_lines(table)  # validate now: refuse before anything is rendered

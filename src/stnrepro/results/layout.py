@@ -22,13 +22,16 @@ from stnrepro.results.environment import describe
 from stnrepro.results.model import (
     ATTENTION_METRICS,
     GROUP_EXTRA,
+    GROUP_PAPER,
     AttentionLine,
     AttentionStats,
+    Claim,
     TableData,
     TableRow,
     plural,
     show,
 )
+from stnrepro.results.stats import CUB_TEST_IMAGES, paper_resolution_pp
 
 # Marks a row whose runs come from different environments (a header note says how).
 DIFFERS_MARK = "†"
@@ -37,6 +40,8 @@ PAPER_DATASET = "cub"
 EXTRA_TITLE = "Extra cells (not in the paper)"
 # Caption row shown above a row group (groups without one follow on directly).
 GROUP_CAPTIONS = {GROUP_EXTRA: EXTRA_TITLE}
+# The terminal's captions, short so that its tables fit 80 columns.
+SHORT_CAPTIONS = {EXTRA_TITLE: "Extra cells"}
 _STAGE_WORDS = {"test": "test set", "val": "validation set", "train": "training set"}
 
 
@@ -57,8 +62,19 @@ class Signed:
     value: float
 
 
-# A display cell: text, a count, a statistic, a signed difference, or None (no value: a dash).
-Value = str | int | MeanStd | Signed | None
+@dataclass(frozen=True)
+class Range:
+    """An interval ``[lo, hi]`` with ``digits`` decimals; ``signed`` for differences."""
+
+    lo: float
+    hi: float
+    digits: int
+    signed: bool = False
+
+
+# A display cell: text, a count, a statistic, a signed difference, an interval, or None
+# (no value: a dash).
+Value = str | int | MeanStd | Signed | Range | None
 
 
 @dataclass(frozen=True)
@@ -147,6 +163,37 @@ def header_lines(table: TableData) -> list[str]:
                 f"{DIFFERS_MARK} {row.label}: its runs come from different environments, "
                 f"they differ in {', '.join(row.env_differs)}"
             )
+    if table.intervals:
+        lines += interval_lines(table)
+    return lines
+
+
+def missing_predictions(table: TableData) -> list[str]:
+    """Names of used runs without predictions, in table order."""
+    return [name for row in table.rows if row.stats is not None for name in row.stats.missing]
+
+
+def interval_lines(table: TableData) -> list[str]:
+    """How the 95% column is made, which runs it leaves out, what one paper run resolves."""
+    lines = [
+        "95% CI: percentile bootstrap over seeds and test images together, from each run's "
+        "per-image predictions (predictions.csv); — where no run of the row has them"
+    ]
+    missing = missing_predictions(table)
+    if missing:
+        lines.append(
+            f"No predictions.csv, so in mean ± std but not in the 95% CI or the claims: "
+            f"{', '.join(missing)}"
+        )
+    if table.compare_to_paper:
+        values = [r.paper_value for r in table.rows if r.group == GROUP_PAPER and r.paper_value]
+        if values:
+            lo = min(paper_resolution_pp(v) for v in values)
+            hi = max(paper_resolution_pp(v) for v in values)
+            lines.append(
+                f"Paper top-1: one run each on {CUB_TEST_IMAGES:,} test images, which resolves "
+                f"about ±{lo:.1f}–{hi:.1f} pp at 95% (binomial), before any seed-to-seed spread"
+            )
     return lines
 
 
@@ -174,6 +221,9 @@ def tex_escape(text: str) -> str:
     return re.sub(r"[\\&%$#_{}~^]", lambda m: _LATEX_SPECIAL[m.group()], text)
 
 
+CI_COLUMN = Column("95% CI (%)", short="95% CI")
+
+
 def main_columns(table: TableData) -> tuple[Column, ...]:
     unit = " (%)" if table.percent else ""
     short_unit = " %" if table.percent else ""
@@ -185,6 +235,7 @@ def main_columns(table: TableData) -> tuple[Column, ...]:
             latex=rf"Ours \texttt{{{tex_escape(table.metric)}}}{tex_escape(unit)}",
             short=f"Ours{short_unit}",
         ),
+        *((CI_COLUMN,) if table.intervals else ()),
         Column("Δ (pp)", latex=r"$\Delta$ (pp)", short="Δ pp"),
         Column("n", latex="$n$"),
         Column("failed"),
@@ -195,13 +246,18 @@ def main_cells(table: TableData, row: TableRow) -> tuple[Value, ...]:
     """One row's cells, in ``main_columns`` order."""
     s = row.stats
     paper = None if row.paper_value is None else MeanStd(row.paper_value, None, 1)
+    ci: tuple[Value, ...] = ()
+    if table.intervals:
+        interval = None if s is None else s.interval
+        ci = (None if interval is None else Range(*interval, table.digits),)
     if s is None:  # prior work: the paper's number only
-        return (row.label, paper, None, None, None, None)
+        return (row.label, paper, None, *ci, None, None, None)
     delta = table.delta(row)
     return (
         row_label(row),
         paper,
         MeanStd(s.mean, s.std, table.digits),
+        *ci,
         None if delta is None else Signed(delta),
         s.n,
         s.excluded,
@@ -214,6 +270,83 @@ def main_section(table: TableData) -> Section:
         notes=tuple(header_lines(table)),
         columns=main_columns(table),
         groups=_grouped([(row, main_cells(table, row)) for row in table.rows]),
+    )
+
+
+# --------------------------------------------------------------------------- claims
+
+CLAIMS_TITLE = "Claims: differences between cells, paired on the same test images"
+
+
+def claims_notes(table: TableData) -> list[str]:
+    """How to read the claims (plain text, no markup)."""
+    lines = [
+        "X over Y: X - Y in percentage points; ours from the runs' per-image predictions, "
+        "paired on the same test images (bootstrap over images and seeds, 95%)",
+        "Verdict on 'X beats Y': confirmed = the whole interval is above 0, contradicted = "
+        "below 0, inconclusive = it contains 0",
+        "Resolvable: half the interval's width, the smallest difference these runs can tell "
+        "from 0; with no predictions on a side there is only the difference of the means",
+    ]
+    if table.compare_to_paper:
+        lines.append(
+            "Paper ±: what one run on the paper's test set resolves at 95% (binomial, the "
+            "larger of the two numbers'); a paper Δ smaller than it is within test-set noise"
+        )
+    missing = list(dict.fromkeys(name for c in table.claims or () for name in c.missing))
+    if missing:
+        lines.append(
+            f"Left out of the paired statistics (no predictions.csv): {', '.join(missing)}"
+        )
+    return lines
+
+
+def claims_columns() -> tuple[Column, ...]:
+    return (
+        Column("Comparison"),
+        Column("Paper Δ (pp)", latex=r"Paper $\Delta$ (pp)", short="Paper"),
+        Column("Paper ± (pp)", latex=r"Paper $\pm$ (pp)", short="±"),
+        Column("Ours Δ (pp)", latex=r"Ours $\Delta$ (pp)", short="Ours"),
+        Column("95% CI (pp)", short="95% CI"),
+        Column("Verdict"),
+        Column("Resolvable (pp)", short="Res."),
+    )
+
+
+def claim_cells(claim: Claim) -> tuple[Value, ...]:
+    def number(value: float | None) -> MeanStd | None:
+        return None if value is None else MeanStd(value, None, 1)
+
+    def signed(value: float | None) -> Signed | None:
+        return None if value is None else Signed(value)
+
+    ci = None if claim.lo is None or claim.hi is None else Range(claim.lo, claim.hi, 1, True)
+    return (
+        claim.label,
+        signed(claim.paper_delta),
+        number(claim.paper_resolution),
+        signed(claim.delta),
+        ci,
+        claim.verdict,
+        number(claim.resolution),
+    )
+
+
+CLAIMS_EXTRA_TITLE = "With extra cells"  # short: the terminal's claims fit 80 columns
+
+
+def claims_section(table: TableData) -> Section:
+    claims = table.claims or ()
+    groups = tuple(
+        RowGroup(CLAIMS_EXTRA_TITLE if group.caption else None, group.rows)
+        for group in _grouped([(c.b, claim_cells(c)) for c in claims])
+    )
+    return Section(
+        title=CLAIMS_TITLE,
+        notes=tuple(claims_notes(table)),
+        columns=claims_columns(),
+        groups=groups,
+        empty="No pair of cells to compare.",
     )
 
 
@@ -280,9 +413,12 @@ def attention_section(table: TableData) -> Section:
 def sections(table: TableData, attention: bool | None = None) -> list[Section]:
     """The sections every human-readable format shows, in order.
 
+    The claims follow the main table when the table has them (metric ``test/acc``);
     ``attention`` (default: ``table.attention``) adds "Where the transformers look".
     """
     out = [main_section(table)]
+    if table.claims is not None:
+        out.append(claims_section(table))
     if table.attention if attention is None else attention:
         out.append(attention_section(table))
     return out
@@ -317,6 +453,8 @@ CSV_FIELDS: tuple[tuple[str, _Get], ...] = (
     # The environments of the row's used runs (" | " between several), and what differs.
     ("environment", _stat(lambda r: " | ".join(sorted({describe(x) for x in r.stats.runs})))),
     ("environment_differs", _stat(lambda r: "; ".join(r.env_differs))),
+    ("ci_lo", _stat(lambda r: r.stats.interval[0] if r.stats.interval else None)),
+    ("ci_hi", _stat(lambda r: r.stats.interval[1] if r.stats.interval else None)),
 )
 CSV_COLUMNS = tuple(name for name, _ in CSV_FIELDS)
 _ATTENTION_PARTS = ("mean", "std", "n")
@@ -354,3 +492,26 @@ def csv_rows(
                     values += (None,) * 3 if stats is None else (stats.mean, stats.std, stats.n)
         rows.append(values)
     return header, rows
+
+
+# The claims CSV (``<name>_claims.csv``): one line per comparison "model_b over model_a",
+# differences (model_b - model_a) in pp, floats with 4 decimals like the table CSV.
+CLAIM_FIELDS: tuple[tuple[str, Callable[[Claim], CsvValue]], ...] = (
+    ("comparison", lambda c: c.label),
+    ("model_a", lambda c: c.a.label),
+    ("model_b", lambda c: c.b.label),
+    ("paper_delta", lambda c: c.paper_delta),
+    ("paper_resolution", lambda c: c.paper_resolution),
+    ("delta", lambda c: c.delta),
+    ("ci_lo", lambda c: c.lo),
+    ("ci_hi", lambda c: c.hi),
+    ("verdict", lambda c: c.verdict),
+    ("resolution", lambda c: c.resolution),
+    ("missing_predictions", lambda c: " ".join(c.missing) or None),
+)
+CLAIM_COLUMNS = tuple(name for name, _ in CLAIM_FIELDS)
+
+
+def claims_csv_rows(table: TableData) -> tuple[tuple[str, ...], list[list[CsvValue]]]:
+    """Header and rows of the claims CSV (no rows when the table has no claims)."""
+    return CLAIM_COLUMNS, [[get(c) for _, get in CLAIM_FIELDS] for c in table.claims or ()]

@@ -91,6 +91,10 @@ class CellStats(Summary):
     failed: int = 0
     unfinished: int = 0
     duplicates: int = 0
+    # From the runs' per-image test predictions (``stnrepro.results.claims``); the interval
+    # is None when no used run has predictions or the table's metric is not a test accuracy.
+    interval: tuple[float, float] | None = None  # (lo, hi) at 95%, display units
+    missing: tuple[str, ...] = ()  # run names of used runs without predictions
 
     @property
     def excluded(self) -> int:
@@ -110,6 +114,40 @@ class TableRow:
     stats: CellStats | None = None
     # What differs between the environments of the used runs (``results.environment``).
     env_differs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Model ``b`` minus model ``a`` (pp): the paper's difference beside ours, paired.
+
+    ``delta``/``lo``/``hi``/``verdict``/``resolution`` come from the paired bootstrap over
+    the runs with predictions (``stnrepro.results.stats.paired_difference``); without
+    predictions on either side ``delta`` is the difference of the table's means and the rest
+    is None. ``paper_resolution`` is the larger single-run binomial half-width of the two
+    paper numbers (one run each on CUB's test set). ``missing`` names runs of either cell
+    left out of the paired statistics for lack of predictions.
+    """
+
+    a: TableRow
+    b: TableRow
+    paper_delta: float | None
+    paper_resolution: float | None
+    delta: float | None
+    lo: float | None = None
+    hi: float | None = None
+    verdict: str | None = None
+    resolution: float | None = None
+    missing: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """``2xST 224 over CNN 224``: short, with our input sizes (the header maps them)."""
+        return f"{_short(self.b)} over {_short(self.a)}"
+
+
+def _short(row: TableRow) -> str:
+    model = "CNN" if not row.num_transformers else f"{row.num_transformers}xST"
+    return f"{model} {row.image_size}"
 
 
 @dataclass(frozen=True)
@@ -138,6 +176,10 @@ class TableData:
     environments: tuple[str, ...] = ()
     # Finished runs without a recorded config, compared on the cell keys only.
     n_no_config: int = 0
+    # Whether cells carry prediction intervals (the metric is a test accuracy), and the
+    # comparisons (None: the metric is not test/acc, so there are none).
+    intervals: bool = False
+    claims: tuple[Claim, ...] | None = None
 
     @property
     def digits(self) -> int:

@@ -1,32 +1,37 @@
 """Rendering: the sections of ``stnrepro.results.layout`` as Markdown, LaTeX, terminal text
-(all through ``tabulate``, one code path), CSV (``csv``) and a PNG bar chart (matplotlib).
+(all through ``tabulate``, one code path), CSVs (``csv``: the table and its claims) and a
+PNG plot (matplotlib).
 
 The output depends only on the records (no dates, no paths, stable ordering), so the same
-records always give byte-identical files; ``write_table`` writes all four atomically.
+records always give byte-identical files; ``write_table`` writes all five atomically.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tabulate import SEPARATING_LINE, DataRow, Line, TableFormat, tabulate
 
 from stnrepro.results.layout import (
     EXTRA_TITLE,
+    PAPER_DATASET,
+    SHORT_CAPTIONS,
     Column,
     CsvValue,
     MeanStd,
+    Range,
     Section,
     Signed,
     Value,
+    claims_csv_rows,
     csv_rows,
     sections,
     tex_escape,
@@ -111,7 +116,7 @@ TERMINAL = _Style(
     text=str,
     signed=str,
     header=lambda col: col.short if col.short is not None else col.title,
-    caption=str,
+    caption=lambda text: SHORT_CAPTIONS.get(text, text),
     heading=lambda title, i: ["", title] if i else [title],
     note="",
     remark="",
@@ -130,6 +135,11 @@ def _cell(value: Value, style: _Style) -> str:
         return str(value)
     if isinstance(value, Signed):
         return style.signed(f"{round(value.value, 1) + 0.0:+.1f}")  # + 0.0: no "-0.0"
+    if isinstance(value, Range):
+        d, sign = value.digits, "+" if value.signed else ""
+        lo, hi = (round(v, d) + 0.0 for v in (value.lo, value.hi))
+        text = f"[{lo:{sign}.{d}f}, {hi:{sign}.{d}f}]"
+        return style.signed(text) if value.signed else text
     assert isinstance(value, MeanStd)
     if value.mean is None:
         return style.dash
@@ -201,7 +211,15 @@ def _csv_value(value: CsvValue) -> str:
 
 def render_csv(table: TableData, attention: bool | None = None) -> str:
     """Machine-readable rows (columns: ``layout.CSV_FIELDS``); floats with 4 decimals."""
-    header, rows = csv_rows(table, attention)
+    return _write_csv(*csv_rows(table, attention))
+
+
+def render_claims_csv(table: TableData) -> str:
+    """The claims, one line each (columns: ``layout.CLAIM_FIELDS``); floats with 4 decimals."""
+    return _write_csv(*claims_csv_rows(table))
+
+
+def _write_csv(header: tuple[str, ...], rows: list[list[CsvValue]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
@@ -213,72 +231,137 @@ def render_csv(table: TableData, attention: bool | None = None) -> str:
 
 
 def render_plot(table: TableData, path: str | os.PathLike[str]) -> None:
-    """PNG bar chart: ours (mean ± std) beside the paper's value, for paper rows and extras."""
+    """PNG, two panels: each cell's runs and 95% interval; each claim's difference.
+
+    Panel 1 shows every seed's value as a dot and the cell's 95% interval as an error bar
+    (mean ± std as a bar when there is no interval); the paper's number is a marker only when
+    the runs are on the paper's dataset, so a synthetic accuracy never stands next to the
+    CUB one as if comparable. Panel 2 (when the table has claims) shows each claim's paired
+    difference with its interval beside the paper's difference, around a zero line. Legends
+    sit below the axes, so they hide no label.
+    """
     # Figure + Agg canvas directly: no pyplot, so no global backend state is touched.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
 
     rows = [r for r in table.rows if r.group != GROUP_PRIOR]
-    fig = Figure(figsize=(max(6.0, 1.3 * len(rows) + 2.0), 4.5), dpi=100)
+    claims = list(table.claims or ())
+    width = max(7.0, 1.2 * len(rows) + 2.5)
+    fig = Figure(figsize=(width, 5.0 + (0.35 * len(claims) + 2.0 if claims else 0.0)), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    width = 0.38
-    xs = list(range(len(rows)))
+    if claims:
+        ax, ax2 = fig.subplots(2, 1, height_ratios=[5.0, 0.35 * len(claims) + 1.5])
+    else:
+        ax, ax2 = fig.subplots(1, 1), None
+    _plot_cells(ax, table, rows)
+    if ax2 is not None:
+        _plot_claims(ax2, table, claims)
+    fig.tight_layout()
+    # No "Software" metadata: the PNG then depends on the records (and matplotlib) only.
+    fig.savefig(path, format="png", metadata={"Software": None})
+
+
+def _annotate(ax: Any, text: str, xy: tuple[float, float], color: str) -> None:
+    ax.annotate(
+        text, xy, ha="left", va="center", fontsize=7, color=color,
+        xytext=(6, 0), textcoords="offset points",
+    )  # fmt: skip
+
+
+def _plot_cells(ax: Any, table: TableData, rows: list) -> None:
+    show_paper = table.compare_to_paper and table.dataset == PAPER_DATASET
     shown: list[float] = []
+    xs = list(range(len(rows)))
     for x, row in zip(xs, rows, strict=True):
         stats = row.stats
-        if stats is not None and stats.mean is not None:
-            err = [stats.std] if stats.std is not None else None
-            ax.bar(x - width / 2, stats.mean, width, yerr=err, capsize=4, color="tab:blue")
+        if stats is not None and stats.values:
+            ax.scatter([x - 0.1] * stats.n, stats.values, s=14, color="tab:blue", zorder=3)
+            mean = stats.mean
+            if stats.interval is not None:
+                lo, hi = stats.interval
+            else:
+                lo = hi = mean
+                if stats.std is not None:
+                    lo, hi = mean - stats.std, mean + stats.std
+            ax.errorbar(
+                [x + 0.05], [mean], yerr=[[mean - lo], [hi - mean]], fmt="_", markersize=10,
+                capsize=4, color="black" if stats.interval is not None else "tab:gray",
+            )  # fmt: skip
+            _annotate(ax, f"{mean:.{table.digits}f}\nn={stats.n}", (x + 0.05, mean), "black")
+            shown += [*stats.values, lo, hi]
+        if show_paper and row.paper_value is not None:
+            ax.scatter([x - 0.3], [row.paper_value], marker="D", s=22, color="tab:orange")
             ax.annotate(
-                f"{stats.mean:.{table.digits}f}\nn={stats.n}",
-                (x - width / 2, stats.mean + (stats.std or 0.0)),
-                ha="center",
-                va="bottom",
-                fontsize=7,
-                xytext=(0, 2),
+                f"{row.paper_value:.1f}", (x - 0.3, row.paper_value), ha="center",
+                va="bottom", fontsize=7, color="tab:orange", xytext=(0, 4),
                 textcoords="offset points",
-            )
-            shown += [stats.mean - (stats.std or 0.0), stats.mean + (stats.std or 0.0)]
-        if table.compare_to_paper and row.paper_value is not None:
-            ax.bar(x + width / 2, row.paper_value, width, color="tab:gray", hatch="//")
-            ax.annotate(
-                f"{row.paper_value:.1f}",
-                (x + width / 2, row.paper_value),
-                ha="center",
-                va="bottom",
-                fontsize=7,
-                xytext=(0, 2),
-                textcoords="offset points",
-            )
+            )  # fmt: skip
             shown.append(row.paper_value)
-    if table.percent and shown:  # zoom in: differences of ~1 pp vanish on a 0-100 axis
-        low = max(0.0, math.floor(min(shown) / 5.0) * 5.0 - 5.0)
-        ax.set_ylim(low, min(100.0, math.ceil(max(shown) / 5.0) * 5.0 + 5.0))
+    if shown:  # zoom in, with room for the labels: differences of ~1 pp vanish on 0-100
+        low, high = min(shown), max(shown)
+        pad = max(0.15 * (high - low), 0.5 if table.percent else 0.01)
+        ax.set_ylim(low - pad, high + 2 * pad)
+    ax.set_xlim(-0.7, len(rows) - 0.2)
     ax.set_xticks(xs, [r.label.replace(" (paper:", "\n(paper:") for r in rows], fontsize=7)
     ax.set_ylabel(f"{table.metric}{' (%)' if table.percent else ''}")
-    ax.set_title(f"{table.dataset} / {table.backbone}: ours vs. {table.paper_source}", fontsize=9)
-    handles = [Patch(color="tab:blue", label="ours (mean ± std)")]
-    if table.compare_to_paper:
-        handles.append(Patch(facecolor="tab:gray", hatch="//", label="paper"))
-    ax.legend(handles=handles, fontsize=7, loc="upper left")
+    title = f"{table.dataset} / {table.backbone}: ours"
+    if show_paper:
+        title += f" vs. {table.paper_source}"
+    elif table.compare_to_paper:
+        title += f" (the paper's {PAPER_DATASET} numbers are not shown: other dataset)"
+    ax.set_title(title, fontsize=9)
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], color="tab:blue", marker="o", linestyle="", label="ours, one dot per seed"),
+        Line2D([], [], color="black", marker="_", label="ours: mean and 95% CI"),
+        Line2D([], [], color="tab:gray", marker="_", label="ours: mean ± std (no predictions)"),
+    ]
+    if show_paper:
+        handles.append(
+            Line2D([], [], color="tab:orange", marker="D", linestyle="", label="paper (1 run)")
+        )
+    ax.legend(
+        handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16),
+        ncol=len(handles), frameon=False,
+    )  # fmt: skip
     n_paper = sum(r.group == GROUP_PAPER for r in rows)
     if n_paper < len(rows):
         ax.axvline(n_paper - 0.5, color="black", linestyle=":", linewidth=0.8)
         ax.text(
-            n_paper - 0.45,
-            1.0,
-            EXTRA_TITLE,
-            transform=ax.get_xaxis_transform(),
-            ha="left",
-            va="top",
-            fontsize=7,
-            style="italic",
-        )
-    fig.tight_layout()
-    # No "Software" metadata: the PNG then depends on the records (and matplotlib) only.
-    fig.savefig(path, format="png", metadata={"Software": None})
+            n_paper - 0.45, 1.0, EXTRA_TITLE, transform=ax.get_xaxis_transform(), ha="left",
+            va="top", fontsize=7, style="italic",
+        )  # fmt: skip
+
+
+def _plot_claims(ax: Any, table: TableData, claims: list) -> None:
+    ys = list(range(len(claims)))[::-1]
+    for y, claim in zip(ys, claims, strict=True):
+        if claim.delta is not None:
+            err = None
+            if claim.lo is not None and claim.hi is not None:
+                err = [[claim.delta - claim.lo], [claim.hi - claim.delta]]
+            ax.errorbar(
+                [claim.delta], [y + 0.12], xerr=err, fmt="o", markersize=4, capsize=3,
+                color="tab:blue",
+            )  # fmt: skip
+            verdict = claim.verdict or "no predictions"
+            _annotate(
+                ax,
+                f"{claim.delta:+.1f} ({verdict})",
+                (claim.hi or claim.delta, y + 0.12),
+                "tab:blue",
+            )
+        if claim.paper_delta is not None:
+            ax.scatter([claim.paper_delta], [y - 0.18], marker="D", s=18, color="tab:orange")
+            _annotate(ax, f"{claim.paper_delta:+.1f}", (claim.paper_delta, y - 0.18), "tab:orange")
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_yticks(ys, [c.label for c in claims], fontsize=7)
+    ax.set_ylim(-0.7, len(claims) - 0.3)
+    low, high = ax.get_xlim()
+    ax.set_xlim(low, high + 0.35 * (high - low))  # room for the labels right of the points
+    ax.set_xlabel("difference (pp), paired on the same test images, 95% CI", fontsize=8)
+    ax.set_title("Claims: ours (blue) beside the paper's difference (orange)", fontsize=9)
 
 
 # --------------------------------------------------------------------------- output
@@ -295,9 +378,10 @@ def _check_name(name: str) -> None:
 
 
 def write_table(table: TableData, out_dir: str | os.PathLike[str], name: str) -> list[Path]:
-    """Write ``<name>.md/.csv/.tex/.png`` to ``out_dir`` all-or-nothing (temp files, renames).
+    """Write ``<name>.md/.csv/.tex/.png`` and ``<name>_claims.csv`` to ``out_dir``
+    all-or-nothing (temp files, renames).
 
-    Everything is rendered into hidden temp files first; only when all four exist are
+    Everything is rendered into hidden temp files first; only when all five exist are
     they renamed into place, so a failure leaves no half-written table behind.
     """
     _check_name(name)
@@ -306,12 +390,13 @@ def write_table(table: TableData, out_dir: str | os.PathLike[str], name: str) ->
         ".md": render_markdown(table),
         ".csv": render_csv(table),
         ".tex": render_latex(table),
+        "_claims.csv": render_claims_csv(table),
     }
     missing = [p for p in (out, *out.parents) if not p.exists()]
     temps: dict[str, Path] = {}
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for suffix in (".md", ".csv", ".tex", ".png"):
+        for suffix in (*texts, ".png"):
             fd, tmp = tempfile.mkstemp(prefix=f".{name}{suffix}.", suffix=".tmp", dir=out)
             os.close(fd)
             temps[suffix] = Path(tmp)
