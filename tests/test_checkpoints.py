@@ -186,7 +186,7 @@ def test_ctrl_c_is_recorded_with_how_to_resume(cub_root, tmp_path):
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, output[-2000:]
     record = json.loads((run_dir / "metrics.json").read_text())
-    assert record["status"] == "failed"
+    assert record["status"] == "interrupted"
     assert record["error"] == (
         "interrupted by Ctrl-C; resume with the same command "
         "(ckpt_path=last continues from checkpoints/last.ckpt)"
@@ -197,3 +197,46 @@ def test_ctrl_c_is_recorded_with_how_to_resume(cub_root, tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"resuming from {last}" in again.stdout + again.stderr
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "finished"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``mount(size_bytes) -> folder`` on a tmpfs of that size (root only), unmounted after."""
+    mounted: list[Path] = []
+
+    def mount(size: int) -> Path:
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_disk_never_leaves_a_truncated_checkpoint(cub_root, make_cfg, small_disk):
+    """The issue's case: a small file system as output folder, room for one checkpoint and a
+    bit. Lightning's own writer copied its temporary file over last.ckpt from the system temp
+    folder (another file system), truncating it when the disk filled up; every resume then
+    crashed on it."""
+    probe = make_cfg(tiny(cub_root, epochs=1) + ["logger=none"])
+    train(probe)
+    size = (Path(probe.paths.output_dir) / "checkpoints" / "last.ckpt").stat().st_size
+    disk = small_disk(int(size * 1.3))  # the best checkpoint fits, then last.ckpt does not
+    cfg = make_cfg(tiny(cub_root, epochs=2) + ["logger=none"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(disk / "run")
+    with pytest.raises(OSError, match="No space left on device"):
+        train(cfg)
+    record = record_of(cfg)
+    assert record["status"] == "failed" and "No space left on device" in record["error"]
+    checkpoints = sorted((disk / "run" / "checkpoints").iterdir())
+    assert [p.name for p in checkpoints] == ["best-epoch000.ckpt"]  # no half file, no temp
+    assert epoch_of(checkpoints[0]) == 0

@@ -124,7 +124,7 @@ def test_sigterm_stops_the_sweep_instead_of_starting_the_next_job(cub_root, tmp_
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=120) != 0
     record = json.loads((sweep / "0" / "metrics.json").read_text())
-    assert record["status"] == "failed" and record["error"] == (
+    assert record["status"] == "interrupted" and record["error"] == (
         "interrupted by SIGTERM; resume with the same command "
         "(ckpt_path=last continues from checkpoints/last.ckpt)"
     )

@@ -283,6 +283,13 @@ def test_all_failed_is_refused(tmp_path: Path) -> None:
         aggregate(load_records(tmp_path))
 
 
+def test_an_interrupted_run_counts_as_unfinished_never_as_a_result(tmp_path: Path) -> None:
+    write_record(tmp_path, "a", make_record(seed=0, acc=0.5))
+    write_record(tmp_path, "b", make_record(seed=1, status="interrupted", acc=None))
+    table = aggregate(load_records(tmp_path))
+    assert (table.n_used, table.n_failed, table.n_unfinished) == (1, 0, 1)
+
+
 def test_small_demo_sizes_map_onto_the_paper_sizes(tmp_path: Path) -> None:
     write_record(tmp_path, "a", make_record(size=64, acc=0.5))
     write_record(tmp_path, "b", make_record(size=128, nt=2, acc=0.6))
@@ -404,7 +411,7 @@ def _edit(change: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
         ),
         (
             _edit(lambda r: r.update(status="done")),
-            "key 'status' must be one of finished, failed, running",
+            "key 'status' must be one of finished, failed, interrupted, running",
         ),
         (_edit(lambda r: r.update(schema_version=2)), "unsupported schema_version 2"),
         (

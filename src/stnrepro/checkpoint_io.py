@@ -16,6 +16,7 @@ Lightning's own writer.
 
 from __future__ import annotations
 
+import io
 import os
 import uuid
 from pathlib import Path
@@ -39,9 +40,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         target.parent.mkdir(parents=True, exist_ok=True)
         # Not mkstemp: its 0600 mode would hide checkpoints from the group on shared clusters.
         tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        # Serialised in memory first (as Lightning does): a write error is then the OSError
+        # itself ("No space left on device"), not torch's zip writer's "unexpected pos".
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
         try:
             with open(tmp, "xb") as f:
-                torch.save(checkpoint, f)
+                f.write(buffer.getbuffer())
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)

@@ -249,7 +249,10 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any])
             _log_summary(logger, record)
     except BaseException as exc:
         interruption = _interruption(trainer, exc)
-        record.fail(interruption[0] if interruption else exc)
+        if interruption:
+            record.interrupt(interruption[0])
+        else:
+            record.fail(exc)
         if logger is not None:
             _log_summary(logger, record)
         if interruption:

@@ -9,7 +9,9 @@ or W&B run) and the key, because a silently skipped run would make the table lie
 Schema (version 1)::
 
     schema_version  int, must be 1
-    status          "finished" | "failed" | "running"   (running = unfinished or killed)
+    status          "finished" | "failed" | "interrupted" | "running"
+                    (interrupted = stopped by Ctrl-C/SIGTERM, resumable with the same
+                    command; running = not ended, or killed without warning)
     error           str | null                           (one line when failed)
     run_name        str
     started_at      ISO-8601 str | null
@@ -44,7 +46,7 @@ from stnrepro.errors import StnreproError
 SCHEMA_VERSION = 1
 RECORD_FILENAME = "metrics.json"
 PREDICTIONS_FILENAME = "predictions.csv"  # per-image test predictions, next to the record
-STATUSES = ("finished", "failed", "running")
+STATUSES = ("finished", "failed", "interrupted", "running")
 
 
 class RecordError(StnreproError):

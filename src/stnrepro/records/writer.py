@@ -128,6 +128,10 @@ class RecordWriter:
     def finish(self) -> None:
         self._end("finished", None)
 
+    def interrupt(self, reason: str) -> None:
+        """Stopped from outside (Ctrl-C, SIGTERM); ``reason`` says how to resume."""
+        self._end("interrupted", reason[:MAX_ERROR_CHARS])
+
     def fail(self, error: BaseException | str) -> None:
         if not isinstance(error, str):
             error = f"{type(error).__name__}: {one_line(error)}"

@@ -218,7 +218,7 @@ def _cell_stats(
         runs=tuple(used),
         values=tuple(_metric_value(r, metric, percent) for r in used),
         failed=sum(r.status == "failed" for r in runs),
-        unfinished=sum(r.status == "running" for r in runs),
+        unfinished=sum(r.status in ("running", "interrupted") for r in runs),
         duplicates=duplicates,
     )
 
