@@ -20,7 +20,7 @@ from stnrepro.records.reader import load_records, record_from_wandb_run
 from stnrepro.records.schema import RecordError, RunRecord
 from stnrepro.results import render as render_mod
 from stnrepro.results.aggregate import aggregate, load_paper_table
-from stnrepro.results.layout import CSV_COLUMNS
+from stnrepro.results.csv_rows import CSV_COLUMNS
 from stnrepro.results.model import TableError
 from stnrepro.results.render import (
     render_csv,

@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from stnrepro.results.layout import claims_csv_rows, csv_rows
+from stnrepro.results.csv_rows import claims_csv_rows, csv_rows
 from stnrepro.results.model import TableData
 
 JOB_TYPE = "table"

@@ -20,19 +20,17 @@ from typing import Any
 
 from tabulate import SEPARATING_LINE, DataRow, Line, TableFormat, tabulate
 
+from stnrepro.results.csv_rows import CsvValue, claims_csv_rows, csv_rows
 from stnrepro.results.layout import (
     EXTRA_TITLE,
     PAPER_DATASET,
     SHORT_CAPTIONS,
     Column,
-    CsvValue,
     MeanStd,
     Range,
     Section,
     Signed,
     Value,
-    claims_csv_rows,
-    csv_rows,
     sections,
     tex_escape,
 )
