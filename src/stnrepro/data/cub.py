@@ -590,7 +590,8 @@ class CUBDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: CUBDataset, batch_size: int, train: bool) -> DataLoader:
         """Training: shuffled ``(index, aug_seed)`` pairs (Lightning calls the sampler's
-        ``set_epoch``; under DDP it shards them).  Evaluation: plain indices in order.
+        ``set_epoch``; under DDP each rank's sampler takes its share).  Evaluation: plain
+        indices in order (Lightning shards them under DDP).
 
         Each loader has its own torch generator: a DataLoader draws its workers' base seed
         from it on every new iterator, which with the global generator would shift the
