@@ -10,7 +10,7 @@ import torch
 from cub_fixture import PART_NAMES, write_tiny_cub
 from PIL import Image
 
-from stnrepro.data import transforms
+from stnrepro.data import cub, transforms
 from stnrepro.data.cub import (
     IMAGENET_MEAN,
     CUBDataModule,
@@ -162,18 +162,21 @@ def test_eval_item_greyscale_cmyk_and_hand_computed_box(tiny: Path) -> None:
 def test_train_forced_crop_and_flip(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     idx = CUBIndex.load(tiny)
     ds = CUBDataset(idx, np.array([4]), image_size=40, train=True, crop_scale=(0.5, 1.0))
-    # crop rows 0..30, cols 0..40 of the 60x40 image (get_params returns top, left, h, w)
-    monkeypatch.setattr(transforms, "_sample_crop", lambda w, h, s, r: (0, 0, 30, 40))
-    monkeypatch.setattr(transforms, "_flip_coin", lambda: False)
-    plain = ds[0]
+
+    def force(left: float, top: float, width: float, height: float, flip: bool) -> None:
+        view = transforms.View(left, top, width, height, flip)
+        monkeypatch.setattr(cub, "sample_view", lambda w, h, seed, *args: view)
+
+    force(0, 0, 40, 30, False)  # crop rows 0..30, cols 0..40 of the 60x40 image
+    plain = ds[(0, 0)]
     np.testing.assert_allclose(plain["bbox"], [-0.5, -2 / 3, 1.0, 2 / 3], atol=1e-6)
     np.testing.assert_allclose(
         plain["parts"], [[-0.25, -1 / 3, 1], [0.75, 1 / 3, 1], [-1, -1, 0]], atol=1e-6
     )
     assert_box_matches_pixels(plain, 40)
 
-    monkeypatch.setattr(transforms, "_flip_coin", lambda: True)
-    flipped = ds[0]
+    force(0, 0, 40, 30, True)
+    flipped = ds[(0, 0)]
     np.testing.assert_allclose(flipped["bbox"], [-1.0, -2 / 3, 0.5, 2 / 3], atol=1e-6)
     np.testing.assert_allclose(
         flipped["parts"], [[0.25, -1 / 3, 1], [-0.75, 1 / 3, 1], [1, -1, 0]], atol=1e-6
@@ -182,9 +185,8 @@ def test_train_forced_crop_and_flip(tiny: Path, monkeypatch: pytest.MonkeyPatch)
     assert_box_matches_pixels(flipped, 40)
 
     # A crop that leaves part 1 (x=15) outside: it becomes invisible; the box is clipped.
-    monkeypatch.setattr(transforms, "_sample_crop", lambda w, h, s, r: (0, 20, 40, 40))
-    monkeypatch.setattr(transforms, "_flip_coin", lambda: False)
-    item = ds[0]
+    force(20, 0, 40, 40, False)
+    item = ds[(0, 0)]
     np.testing.assert_allclose(item["bbox"], [-1.0, -0.75, 0.0, 0.25], atol=1e-6)
     assert item["parts"][:, 2].tolist() == [0.0, 1.0, 0.0]
     assert_box_matches_pixels(item, 40)
@@ -194,10 +196,9 @@ def test_hflip_false_and_no_augment_are_deterministic(tiny: Path) -> None:
     idx = CUBIndex.load(tiny)
     rows = np.arange(idx.num_images)
     no_flip = CUBDataset(idx, rows, 32, train=True, crop_scale=(0.6, 1.0), hflip=False)
-    torch.manual_seed(0)
-    for _ in range(5):
+    for seed in range(5):
         for i in range(4):
-            parts = no_flip[i]["parts"]
+            parts = no_flip[(i, seed)]["parts"]
             assert parts[0, 0] < parts[1, 0]  # part 1 stays left of part 2: never mirrored
     no_aug = CUBDataset(idx, rows, 32, train=True, augment=False)
     evals = CUBDataset(idx, rows, 32, train=False)
@@ -209,11 +210,10 @@ def test_random_views_keep_box_on_bird(tmp_path: Path, size: tuple[int, int]) ->
     root = write_tiny_cub(tmp_path / "c", num_classes=1, per_class=3, size=size, cmyk_id=3)
     idx = CUBIndex.load(root)
     ds = CUBDataset(idx, np.arange(3), 32, train=True, crop_scale=(0.6, 1.0))
-    torch.manual_seed(0)
     flips = set()
-    for _ in range(12):
+    for seed in range(12):
         for i in range(3):
-            item = ds[i]
+            item = ds[(i, seed)]
             x0, y0, x1, y1 = item["bbox"].tolist()
             assert -1 <= x0 < x1 <= 1 and -1 <= y0 < y1 <= 1
             if (x1 - x0) * 16 > 2 and (y1 - y0) * 16 > 2:  # skip slivers clipped to the edge

@@ -123,7 +123,8 @@ def test_a_second_sweep_into_the_same_folder_does_not_reuse_the_first(cub_root, 
     assert run("0,1").returncode == 0
     before = {p: p.read_bytes() for p in sorted(sweep.glob("*/metrics.json"))}
     second = run("2,3")
-    assert "holds another run: seed 0 -> 2" in second.stdout + second.stderr
+    # data.seed follows seed (${seed} in the data configs), so both keys differ.
+    assert "holds another run: data.seed 0 -> 2, seed 0 -> 2" in second.stdout + second.stderr
     after = {p: p.read_bytes() for p in sorted(sweep.glob("*/metrics.json"))}
     assert after == before  # s0/s1 keep their numbers; no s2/s3 record carries them
     names = {json.loads(b)["run_name"] for b in after.values()}

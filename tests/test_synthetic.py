@@ -378,7 +378,9 @@ def test_hydra_config_is_the_preset(name, tmp_path):
     assert data.root is None and data.preset == name and data.name == name
     # --cfg job shows every generator setting: all of them are in the composed config
     assert set(GENERATOR_KEYS) <= set(data) and cfg.model.num_classes == data.num_classes
-    dm = instantiate(OmegaConf.create({"paths": {"data_dir": str(tmp_path)}, "data": data}).data)
+    # data.seed is ${seed}: the job config carries it
+    job = {"paths": {"data_dir": str(tmp_path)}, "seed": cfg.seed, "data": data}
+    dm = instantiate(OmegaConf.create(job).data)
     assert isinstance(dm, SynthBirdsDataModule)
     assert dm.settings == preset_settings(name)  # the CLI and the job read the same values
     assert dm.num_classes == data.num_classes and dm.name == name

@@ -1,10 +1,12 @@
 """Resuming runs exactly: which checkpoint to resume from, and the RNG state that goes with it.
 
 Lightning checkpoints restore weights, optimizer, scheduler and loop counters but not the
-random number generators, so a resumed run would shuffle and augment differently from an
+random number generators, so a resumed run would draw dropout masks differently from an
 uninterrupted one. :class:`RNGStateCallback` stores the Python, NumPy and torch (CPU and
-CUDA) generator states in every checkpoint and restores them on resume; DataLoader worker
-seeds are drawn from the torch generator, so they follow too.
+CUDA) generator states in every checkpoint and restores them on resume. The data pipeline
+does not use these generators: the training order and augmentation are functions of
+``(seed, epoch, image)`` (:mod:`stnrepro.data.sampling`), and each DataLoader draws its
+worker seeds from a generator of its own.
 """
 
 from __future__ import annotations

@@ -9,7 +9,10 @@ Transforms (see :mod:`stnrepro.data.transforms` for the coordinate conventions):
 * eval: the WHOLE image is resized to ``S x S`` (aspect ratio not preserved) so the whole bird
   is always in view; localisation is then measured on the full photo.
 * train (``augment=True``): a mild random-resized-crop (``crop_scale``, ratio 3/4..4/3) and a
-  p=0.5 horizontal flip, with the bird box and parts mapped through the same view.
+  p=0.5 horizontal flip, with the bird box and parts mapped through the same view.  The view
+  is a pure function of a per-item seed that the training sampler sends with the index
+  (:mod:`stnrepro.data.sampling`), so it is the same for any number of loader workers and
+  after a resume.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from stnrepro.data.sampling import SeededEpochSampler, check_seed
 from stnrepro.data.transforms import (
     DEFAULT_RATIO,
     IMAGENET_MEAN,
@@ -363,7 +367,12 @@ class CUBIndex:
 
 
 class CUBDataset(Dataset):
-    """Rows ``rows`` of a :class:`CUBIndex` as dicts of tensors (boxes/parts for eval only)."""
+    """Rows ``rows`` of a :class:`CUBIndex` as dicts of tensors (boxes/parts for eval only).
+
+    Keys are a position ``i`` or a pair ``(i, aug_seed)`` as yielded by
+    :class:`~stnrepro.data.sampling.SeededEpochSampler`.  A dataset with random views needs
+    the pair (its view is drawn from ``aug_seed`` alone); the others ignore the seed.
+    """
 
     def __init__(
         self,
@@ -391,16 +400,22 @@ class CUBDataset(Dataset):
         """True when items are randomly cropped/flipped (training with augmentation)."""
         return self.train and self.augment
 
-    def _view_fn(self) -> Callable[[int, int], View]:
-        if self.random_views:
-            scale, hflip = self.crop_scale, self.hflip
-            return lambda w, h: sample_view(w, h, scale, DEFAULT_RATIO, hflip)
-        return full_view
+    def _view_fn(self, aug_seed: int | None) -> Callable[[int, int], View]:
+        if not self.random_views:
+            return full_view
+        if aug_seed is None:
+            raise TypeError(
+                "CUBDataset with random views: expected an (index, aug_seed) key from "
+                "SeededEpochSampler, got a bare index (its view would not be reproducible)"
+            )
+        scale, hflip = self.crop_scale, self.hflip
+        return lambda w, h: sample_view(w, h, aug_seed, scale, DEFAULT_RATIO, hflip)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        i, aug_seed = (key, None) if np.ndim(key) == 0 else (int(key[0]), int(key[1]))
         row = int(self.rows[i])
         index = self.index
-        img, view = load_view(index.image_path(row), self.image_size, self._view_fn())
+        img, view = load_view(index.image_path(row), self.image_size, self._view_fn(aug_seed))
         bbox = map_box(index.bboxes[row] if index.bboxes is not None else None, view)
         parts = map_parts(index.parts[row] if index.parts is not None else None, view)
         return {
@@ -442,7 +457,13 @@ def stratified_val_split(
 
 
 class CUBDataModule(pl.LightningDataModule):
-    """Official CUB train/test split plus a stratified validation split carved from train."""
+    """Official CUB train/test split plus a stratified validation split carved from train.
+
+    ``seed`` (the run's ``seed`` via ``data.seed: ${seed}``) fixes the training order and every
+    augmentation per epoch (:class:`~stnrepro.data.sampling.SeededEpochSampler`); ``split_seed``
+    fixes only the validation split.  Evaluation loaders are in index order, without random
+    views.
+    """
 
     def __init__(
         self,
@@ -460,6 +481,7 @@ class CUBDataModule(pl.LightningDataModule):
         hflip: bool = True,
         pin_memory: bool = True,
         persistent_workers: bool = True,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if not 0 <= val_fraction < 1:
@@ -494,6 +516,7 @@ class CUBDataModule(pl.LightningDataModule):
         self.hflip = bool(hflip)
         self.pin_memory = bool(pin_memory)
         self.persistent_workers = bool(persistent_workers)
+        self.seed = check_seed("data.seed", seed)
         self._index: CUBIndex | None = None
         self.train_set: CUBDataset | None = None
         self.val_set: CUBDataset | None = None
@@ -555,12 +578,36 @@ class CUBDataModule(pl.LightningDataModule):
         self.val_set = CUBDataset(index, val_rows, s, train=False) if self.has_val else None
         self.test_set = CUBDataset(index, test_rows, s, train=False)
 
-    def _loader(self, dataset: CUBDataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _train_sampler(self, dataset: CUBDataset) -> SeededEpochSampler:
+        """This rank's sampler, at the epoch the trainer is about to run (see sampling.py)."""
+        trainer = self.trainer  # set by Lightning while it runs; None when called by hand
+        if trainer is None:
+            return SeededEpochSampler(dataset, self.seed)
+        return SeededEpochSampler(
+            dataset,
+            self.seed,
+            num_replicas=trainer.world_size,
+            rank=trainer.global_rank,
+            epoch=trainer.fit_loop.epoch_progress.current.processed,
+        )
+
+    def _loader(self, dataset: CUBDataset, batch_size: int, train: bool) -> DataLoader:
+        """Training: shuffled ``(index, aug_seed)`` pairs (Lightning calls the sampler's
+        ``set_epoch``; under DDP each rank's sampler takes its share).  Evaluation: plain
+        indices in order (Lightning shards them under DDP).
+
+        Each loader has its own torch generator: a DataLoader draws its workers' base seed
+        from it on every new iterator, which with the global generator would shift the
+        model's random stream (dropout) by how often workers are (re)started, i.e. by
+        ``persistent_workers`` and by a resume.
+        """
         workers = self.num_workers
+        sampler = self._train_sampler(dataset) if train else None
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
+            generator=torch.Generator().manual_seed(self.seed),
             drop_last=False,
             num_workers=workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
@@ -574,16 +621,16 @@ class CUBDataModule(pl.LightningDataModule):
         return self.train_set, self.val_set, self.test_set
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self._datasets()[0], self.batch_size, shuffle=True)
+        return self._loader(self._datasets()[0], self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader | list:
         val = self._datasets()[1]
         if val is None:
             return []
-        return self._loader(val, self.eval_batch_size, shuffle=False)
+        return self._loader(val, self.eval_batch_size, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self._datasets()[2], self.eval_batch_size, shuffle=False)
+        return self._loader(self._datasets()[2], self.eval_batch_size, train=False)
 
     # -- provenance -------------------------------------------------------------------------
 

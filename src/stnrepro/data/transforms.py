@@ -55,29 +55,26 @@ def full_view(width: int, height: int) -> View:
     return View(0.0, 0.0, float(width), float(height), False)
 
 
-def _sample_crop(
-    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float]
-) -> tuple[int, int, int, int]:
-    """``(top, left, h, w)`` from torchvision's RandomResizedCrop (uses the torch RNG)."""
-    dummy = torch.empty(1, 1, 1).expand(1, height, width)  # only the shape is read
-    return RandomResizedCrop.get_params(dummy, list(scale), list(ratio))
-
-
-def _flip_coin() -> bool:
-    """One fair coin from the torch RNG (seeded per worker by PyTorch/Lightning)."""
-    return bool(torch.rand(()) < 0.5)
-
-
 def sample_view(
     width: int,
     height: int,
+    seed: int,
     crop_scale: tuple[float, float] = (0.6, 1.0),
     ratio: tuple[float, float] = DEFAULT_RATIO,
     hflip: bool = True,
 ) -> View:
-    """A random training view: random-resized-crop parameters and a p=0.5 horizontal flip."""
-    top, left, h, w = _sample_crop(width, height, crop_scale, ratio)
-    flip = _flip_coin() if hflip else False
+    """A random training view, a pure function of its arguments: a random-resized-crop
+    (torchvision's ``RandomResizedCrop.get_params``) and a p=0.5 horizontal flip.
+
+    ``seed`` (0 <= seed < 2**63, see :mod:`stnrepro.data.sampling`) seeds a forked torch
+    generator, so the view does not depend on, and does not advance, the process's RNG: the
+    same item gets the same view in any worker and in the main process alike.
+    """
+    dummy = torch.empty(1, 1, 1).expand(1, height, width)  # only the shape is read
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        top, left, h, w = RandomResizedCrop.get_params(dummy, list(crop_scale), list(ratio))
+        flip = bool(torch.rand(()) < 0.5) if hflip else False
     return View(float(left), float(top), float(w), float(h), flip)
 
 
