@@ -16,13 +16,13 @@ from test_train import tiny_overrides
 
 from stnrepro import provenance
 from stnrepro.data.cub import CUBDataModule
-from stnrepro.data.synthetic import (
+from stnrepro.data.synth_settings import (
     GENERATOR_KEYS,
     GENERATOR_VERSION,
-    SynthBirdsDataModule,
     preset_settings,
     settings_hash,
 )
+from stnrepro.data.synthetic import SynthBirdsDataModule
 from stnrepro.errors import ConfigError
 from stnrepro.lifecycle import run_definition
 from stnrepro.records.reader import read_record_file

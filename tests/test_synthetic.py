@@ -18,16 +18,14 @@ from stnrepro.cli.data import main as stn_data
 from stnrepro.config import compose_config
 from stnrepro.data import synth_draw, synthetic
 from stnrepro.data.cub import CUBIndex
-from stnrepro.data.synthetic import (
+from stnrepro.data.synth_settings import (
     GENERATOR_KEYS,
-    SynthBirdsDataModule,
-    ensure_generated,
+    GENERATOR_VERSION,
     folder_name,
-    generate,
-    is_complete,
     make_settings,
     preset_settings,
 )
+from stnrepro.data.synthetic import SynthBirdsDataModule, ensure_generated, generate, is_complete
 from stnrepro.errors import ConfigError, DataError
 
 # a few tiny images: enough to exercise every code path in well under a second
@@ -194,7 +192,7 @@ def test_folder_name_encodes_settings():
     }
     assert len(names) == 5
     assert folder_name(_small(gen_seed=3)).startswith(
-        f"synth_birds_tiny-v{synthetic.GENERATOR_VERSION}-seed3-"
+        f"synth_birds_tiny-v{GENERATOR_VERSION}-seed3-"
     )
 
 

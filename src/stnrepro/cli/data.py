@@ -92,7 +92,7 @@ def _parse_set(item: str) -> tuple[str, int | float]:
 
 def generate(args: argparse.Namespace) -> int:
     """Generate ``--out`` atomically; reuse it when complete with the same settings."""
-    from stnrepro.data import synthetic
+    from stnrepro.data import synth_settings, synthetic
 
     values: dict[str, int | float | None] = {
         "num_classes": args.num_classes,
@@ -106,7 +106,7 @@ def generate(args: argparse.Namespace) -> int:
         values[key] = value
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers={args.workers}: expected a positive integer")
-    settings = synthetic.preset_settings(args.preset, gen_seed=args.seed, **values)
+    settings = synth_settings.preset_settings(args.preset, gen_seed=args.seed, **values)
     out = Path(args.out).expanduser().absolute()
     if synthetic.is_complete(out, settings):
         print(f"{out}: already generated with these settings, nothing to do")

@@ -6,33 +6,10 @@ as real CUB.  So this module draws a dataset procedurally and writes it as CUB f
 :class:`SynthBirdsDataModule` is a :class:`~stnrepro.data.cub.CUBDataModule` whose root is a
 generated folder.
 
-Design (the principles that make a spatial transformer useful on CUB, nothing tuned to make a
-row of the table win):
-
-* **Fine-grained classes.**  Each image shows one bird made of parts (body, belly, head, neck,
-  beak, near wing, far wing peeking above the back, tail, legs).  A class is a combination of
-  six *fine* attributes, each confined to a small region: head marking (plain, cap, eye stripe,
-  crest, striped crown), eye ring (none, white, red), beak shape (conical, thin, decurved,
-  hooked), wing pattern (plain, one bar, two bars, spotted, dark tip), tail shape (square,
-  forked, rounded, pointed) and a small breast patch (none, red, yellow, blue, white).
-  Classes come in genera of ``genus_size``: a random base combination plus siblings that
-  differ from it in 1-2 fine attributes, so most classes have close neighbours that differ
-  only in one or two small regions (as CUB's warblers, gulls, sparrows).
-* **Coarse nuisance.**  Body colour (8 values) and beak colour (3) are genus-level and each
-  body colour is shared by many genera (with per-image jitter); body/head proportions, head
-  position, beak pitch, wing and tail angles vary per image.  The large-area colour (body)
-  at best narrows a class down to the ~1/8 of classes sharing it.
-* **Pose and clutter.**  Per image: position, scale (the bird's box covers 10-60% of the
-  image area, uniform in linear size), rotation (+-30 degrees around a head-up pose), mirror,
-  brightness/white balance, sensor noise; a textured background (smooth colour field, two
-  noise octaves, leaves, twigs, blobs, a random blur) and 3-7 *distractors* that reuse the bird
-  part shapes and colours (heads with markings, beaks, barred wings, tails, patch-coloured
-  blobs, eye rings), so neither colour statistics nor "a ring somewhere" give the class away;
-  a perch through the feet; sometimes foreground leaves that hide parts.
-* **CUB-like images.**  JPEG (quality 90, 4:2:0 like most photos) at about 500x375 (long side
-  fixed, short side +-20%, 15% portraits), so 224 vs 448 input resolution changes what detail
-  survives: the discriminative detail is a few pixels at 224, located at parts whose position
-  varies - which is exactly what an ST-CNN's learned crops can zoom into.
+Design: a class is a genus plus six fine attributes, each confined to a small region of the
+bird; body colour is a coarse, shared nuisance; pose, scale, clutter and look-alike
+distractors vary per image; images are CUB-sized JPEGs (README, "The synthetic birds", gives
+the principles; :mod:`stnrepro.data.synth_draw` draws them).
 
 Files: ``images/<class_dir>/<name>.jpg``, ``images.txt``, ``classes.txt``,
 ``image_class_labels.txt``, ``train_test_split.txt`` (per class ``round(train_fraction * n)``
@@ -49,10 +26,7 @@ depend on the worker count or order; the drawing avoids libm (see
 give byte-identical files given the same numpy/Pillow/libjpeg versions (recorded in the
 README).
 
-Settings: the presets are the data configs ``conf/data/synth_birds.yaml`` (every generator
-setting, once) and ``synth_birds_tiny.yaml`` (inherits it, smaller); this module has no
-defaults of its own, so what ``--cfg job`` shows is what is generated.
-:func:`preset_settings` composes a preset for callers outside a training job.
+Settings: :mod:`stnrepro.data.synth_settings` (the data configs are their one source).
 
 Caching: the folder name encodes preset, generator version, seed and a hash of all settings,
 so a change never reuses or overwrites another dataset.  Generation writes into a temporary
@@ -63,7 +37,6 @@ leaves nothing that looks complete, and two processes generating at once end wit
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import os
@@ -73,7 +46,7 @@ import textwrap
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -83,216 +56,22 @@ from filelock import FileLock
 from stnrepro.data import synth_draw
 from stnrepro.data.cub import CUBDataModule, CUBIndex
 from stnrepro.data.synth_draw import ImageRecord
+from stnrepro.data.synth_settings import (
+    GENERATOR_KEYS,
+    GENERATOR_VERSION,
+    SynthSettings,
+    as_int,
+    dataset_dir,
+    folder_name,
+    make_settings,
+    settings_hash,
+)
 from stnrepro.errors import ConfigError, DataError
 
-__all__ = [
-    "GENERATOR_VERSION",
-    "SynthBirdsDataModule",
-    "SynthSettings",
-    "dataset_dir",
-    "ensure_generated",
-    "folder_name",
-    "generate",
-    "generate_into",
-    "is_complete",
-    "make_settings",
-    "preset_settings",
-]
+__all__ = ["SynthBirdsDataModule", "ensure_generated", "generate", "generate_into", "is_complete"]
 
-#: Bump whenever the output for given settings changes (it is part of the folder name).
-GENERATOR_VERSION = 1
 COMPLETE_MARKER = ".synth_complete"
 CHUNK = 16  # images per worker task
-
-
-@dataclass(frozen=True)
-class SynthSettings:
-    """Everything that determines the generated files (all of it goes into the folder hash).
-
-    ``preset`` names the data config the settings came from (it is part of the folder name);
-    the values themselves are always given explicitly (see :func:`make_settings`).
-    """
-
-    preset: str
-    num_classes: int
-    images_per_class: int
-    image_width: int
-    image_height: int
-    size_jitter: float
-    portrait_fraction: float
-    genus_size: int
-    train_fraction: float
-    min_bird_area: float
-    max_bird_area: float
-    max_rotation_deg: float
-    jpeg_quality: int
-    gen_seed: int = 0
-    supersample: int = 2
-    # Extra images per class that are all test images, drawn after the ``images_per_class``
-    # ones (each image's content depends only on its class and number), so a larger test
-    # split leaves every training image and the train/test split of the first ones as they were.
-    extra_test_per_class: int = 0
-
-    @property
-    def num_images(self) -> int:
-        return self.num_classes * (self.images_per_class + self.extra_test_per_class)
-
-    @property
-    def num_train_per_class(self) -> int:
-        return int(round(self.train_fraction * self.images_per_class))
-
-    def render_spec(self) -> synth_draw.RenderSpec:
-        keys = {f.name for f in fields(synth_draw.RenderSpec)}
-        return synth_draw.RenderSpec(**{k: v for k, v in asdict(self).items() if k in keys})
-
-
-def _check(ok: bool, key: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"data.{key}={value!r}: expected {expected}")
-
-
-def _as_int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"data.{key}={value!r}: expected an integer")
-    return int(value)
-
-
-def _as_float(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ConfigError(f"data.{key}={value!r}: expected a number")
-    return float(value)
-
-
-#: The generator settings a data config must give (``supersample`` has a fixed default).
-GENERATOR_KEYS: tuple[str, ...] = tuple(
-    f.name for f in fields(SynthSettings) if f.name not in ("preset", "gen_seed", "supersample")
-)
-_DATA_MODULE = "stnrepro.data.synthetic.SynthBirdsDataModule"
-
-
-def make_settings(preset: str, gen_seed: int = 0, **values: Any) -> SynthSettings:
-    """Validated settings from explicit ``values`` (every key of :data:`GENERATOR_KEYS`).
-
-    There are no defaults here on purpose: the data configs are the one place for them
-    (:func:`preset_settings` reads one).
-    """
-    if not isinstance(preset, str) or not preset:
-        raise ConfigError(f"data.preset={preset!r}: expected a preset name")
-    for key, value in values.items():
-        if key not in GENERATOR_KEYS and key != "supersample":
-            raise ConfigError(
-                f"data.{key}={value!r}: unknown generator setting, expected one of "
-                + ", ".join(GENERATOR_KEYS)
-            )
-    missing = [k for k in GENERATOR_KEYS if values.get(k) is None]
-    if missing:
-        raise ConfigError(
-            f"data.{missing[0]}: missing (expected a value; the synthetic data configs "
-            "conf/data/synth_birds*.yaml set every generator setting)"
-        )
-    ints = ("num_classes", "images_per_class", "image_width", "image_height", "genus_size")
-    ints += ("extra_test_per_class",)
-    for key in (*ints, "jpeg_quality", "supersample"):
-        if key in values:
-            values[key] = _as_int(key, values[key])
-    for key in values:
-        if key not in ints and key not in ("jpeg_quality", "supersample"):
-            values[key] = _as_float(key, values[key])
-    seed = _as_int("gen_seed", gen_seed)
-    s = SynthSettings(preset=preset, gen_seed=seed, **values)
-    _check(s.gen_seed >= 0, "gen_seed", s.gen_seed, "an integer >= 0")
-    for key in ("num_classes", "genus_size"):
-        _check(getattr(s, key) >= 1, key, getattr(s, key), "a positive integer")
-    _check(s.images_per_class >= 2, "images_per_class", s.images_per_class, "an integer >= 2")
-    _check(
-        s.extra_test_per_class >= 0,
-        "extra_test_per_class",
-        s.extra_test_per_class,
-        "an integer >= 0",
-    )
-    for key in ("image_width", "image_height"):
-        _check(getattr(s, key) >= 32, key, getattr(s, key), "an integer >= 32 (pixels)")
-    _check(0 <= s.size_jitter < 0.5, "size_jitter", s.size_jitter, "0 <= size_jitter < 0.5")
-    _check(
-        0 <= s.portrait_fraction <= 1, "portrait_fraction", s.portrait_fraction, "a value in [0, 1]"
-    )
-    n_train = s.num_train_per_class
-    _check(
-        0 < s.train_fraction < 1 and 1 <= n_train < s.images_per_class,
-        "train_fraction",
-        s.train_fraction,
-        f"a fraction leaving >= 1 train and >= 1 test image of {s.images_per_class} per class",
-    )
-    _check(
-        0 < s.min_bird_area <= s.max_bird_area <= 0.9,
-        "min_bird_area/max_bird_area",
-        (s.min_bird_area, s.max_bird_area),
-        "0 < min <= max <= 0.9 (fractions of the image area)",
-    )
-    _check(0 <= s.max_rotation_deg <= 90, "max_rotation_deg", s.max_rotation_deg, "0..90 degrees")
-    _check(1 <= s.jpeg_quality <= 100, "jpeg_quality", s.jpeg_quality, "an integer in 1..100")
-    _check(1 <= s.supersample <= 4, "supersample", s.supersample, "an integer in 1..4")
-    return s
-
-
-def synthetic_presets() -> list[str]:
-    """Names of the data configs that describe a synthetic dataset (sorted)."""
-    from stnrepro.config import compose_config, config_dir
-
-    names = sorted(p.stem for p in (config_dir() / "data").glob("*.yaml"))
-    return [n for n in names if compose_config([f"data={n}"]).data.get("_target_") == _DATA_MODULE]
-
-
-def preset_settings(preset: str, gen_seed: int | None = None, **overrides: Any) -> SynthSettings:
-    """Settings of the data config ``conf/data/<preset>.yaml`` with ``overrides`` applied.
-
-    Composes the config with Hydra (as ``stn-train data=<preset>`` would), so it is for callers
-    outside a training job (the ``stn-data`` command, the benchmark, tests); a job's data
-    module receives every value from its own config.  ``None`` overrides are ignored.
-    """
-    from hydra.errors import HydraException
-
-    from stnrepro.config import compose_config
-
-    try:
-        data = compose_config([f"data={preset}"]).data
-    except HydraException:
-        data = None
-    if data is None or data.get("_target_") != _DATA_MODULE:
-        raise ConfigError(
-            f"data.preset={preset!r}: expected one of {', '.join(synthetic_presets())}"
-        )
-    values = {k: data[k] for k in GENERATOR_KEYS}
-    values.update({k: v for k, v in overrides.items() if v is not None})  # checked below
-    seed = data.gen_seed if gen_seed is None else gen_seed
-    return make_settings(str(data.preset), gen_seed=seed, **values)
-
-
-def settings_hash(settings: SynthSettings) -> str:
-    """Short hash of every setting plus the generator version.
-
-    ``extra_test_per_class`` enters only when it is set, so folders made before it existed
-    keep their names.
-    """
-    values = asdict(settings)
-    if not values["extra_test_per_class"]:
-        del values["extra_test_per_class"]
-    blob = json.dumps({"version": GENERATOR_VERSION, **values}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
-
-
-def folder_name(settings: SynthSettings) -> str:
-    """``<preset>-v<version>-seed<seed>-<hash>``: a changed setting never reuses a folder."""
-    return (
-        f"{settings.preset}-v{GENERATOR_VERSION}-seed{settings.gen_seed}-{settings_hash(settings)}"
-    )
-
-
-def dataset_dir(settings: SynthSettings, cache_dir: str | Path) -> Path:
-    """Where ``settings`` live under ``cache_dir`` (absolute)."""
-    return Path(cache_dir).expanduser().absolute() / folder_name(settings)
 
 
 def _marker_text(settings: SynthSettings) -> str:
@@ -616,7 +395,7 @@ class SynthBirdsDataModule(CUBDataModule):
                 f"data.root={root}: expected null for a synthetic dataset (its folder is "
                 f"computed from the generator settings: {computed}); set data.cache_dir instead"
             )
-        if gen_workers is not None and _as_int("gen_workers", gen_workers) < 1:
+        if gen_workers is not None and as_int("gen_workers", gen_workers) < 1:
             raise ConfigError(f"data.gen_workers={gen_workers!r}: expected a positive integer")
         self.cache_dir = str(computed.parent)
         self.gen_workers = gen_workers
