@@ -175,9 +175,10 @@ def validate_config(cfg: DictConfig) -> None:
     """Cheap checks of the run-level keys, before any data is read or model built.
 
     The numeric keys' types and ranges come from one table,
-    :data:`~stnrepro.config_values.NUMERIC_KEYS`. The model's own values (``model.*``, ``data.image_size`` against the backbone) are
-    checked by :func:`~stnrepro.models.st_cnn.validate_model_args` when :func:`train` builds
-    the model, which it does before the data module reads anything.
+    :data:`~stnrepro.config_values.NUMERIC_KEYS`. The model's own values (``model.*``,
+    ``data.image_size`` against the backbone) are checked by
+    :func:`~stnrepro.models.st_cnn.validate_model_args` when :func:`train` builds the model,
+    which it does before the data module reads anything.
     """
     for key in ("data", "model", "trainer"):
         if not cfg.get(key):

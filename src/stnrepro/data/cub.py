@@ -259,11 +259,11 @@ class CUBIndex:
         """Parse and cross-check all index files; raises DataError on anything wrong.
 
         ``key`` is the setting that named ``root`` (e.g. ``data.root``): messages about the
-        folder itself then say ``key=<root>`` and how to set it.  The split must have both
-        training and test images.  With ``check_images`` every listed image's header is read
-        (missing and unreadable files are refused, and each bird box must overlap its image);
-        without it only that ``images/`` exists is checked (tools that report every bad image
-        themselves, such as ``stn-data check``, load without it).  No pixels are decoded.
+        folder itself then say ``key=<root>`` and how to set it.  With ``check_images``
+        every listed image's header is read (missing and unreadable files are refused, and
+        each bird box must overlap its image); without it only that ``images/`` exists is
+        checked (tools that report every bad image themselves, such as ``stn-data check``,
+        load without it).  No pixels are decoded.
         """
         root = Path(root).expanduser().absolute()
         where = f"{key}={root}" if key else str(root)
@@ -326,13 +326,6 @@ class CUBIndex:
                     f"{split_path}:{row.lineno}: expected is_training_image 0 or 1, got {flag}"
                 )
             is_train[id_to_row[row.values[0]]] = flag == 1
-        n_train = int(is_train.sum())
-        if n_train in (0, m):
-            flag, which = (0, "training") if n_train == 0 else (1, "test")
-            raise DataError(
-                f"{split_path}: no {which} images (all {m} have is_training_image {flag}); "
-                "expected both training (1) and test (0) images"
-            )
 
         paths = [row.values[1] for row in image_rows]
         sizes = _image_sizes(images_path, root / "images", paths) if check_images else None
@@ -583,6 +576,14 @@ class CUBDataModule(pl.LightningDataModule):
         if self._index is not None:
             return self._index
         index = CUBIndex.load(self.root, key="data.root", check_images=True)
+        n_train = int(index.is_train.sum())
+        if n_train in (0, index.num_images):  # fit or test would run on nothing
+            flag, which = (0, "training") if n_train == 0 else (1, "test")
+            raise DataError(
+                f"{index.root / 'train_test_split.txt'}: no {which} images (all "
+                f"{index.num_images} have is_training_image {flag}); expected both training (1) "
+                "and test (0) images"
+            )
         if index.num_classes != self.num_classes:
             raise ConfigError(
                 f"data.num_classes={self.num_classes} but {index.root / 'classes.txt'} "
