@@ -88,3 +88,37 @@ def test_divergence_stops_the_run_with_a_clear_failed_record(cub, tmp_path):
     assert "training diverged" in line or "localisation network diverged" in line
     record = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert record["status"] == "failed" and "diverged" in record["error"]
+
+
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        ("trainer.max_epochs=abc", "error: trainer.max_epochs='abc': expected an integer >= 1"),
+        ("trainer.max_epochs=0", "error: trainer.max_epochs=0: expected an integer >= 1"),
+    ],
+)
+def test_bad_numeric_value_is_one_line(cub, tmp_path, override, line):
+    proc = cli([*cub, override], tmp_path)
+    assert proc.returncode == 2
+    assert error_lines(proc) == [line] and "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_trainer_on_a_cpu_machine_is_one_line(cub, tmp_path):
+    proc = cli([*cub, "trainer=gpu"], tmp_path)
+    assert proc.returncode == 2
+    assert error_lines(proc) == [
+        "error: trainer.accelerator=gpu: no GPU is available on this machine; use trainer=cpu"
+    ]
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_test_image_is_one_line_before_training(cub, tmp_path):
+    image = sorted((tmp_path / "CUB_200_2011" / "images").rglob("*.jpg"))[-1]
+    image.unlink()
+    proc = cli(cub, tmp_path)
+    assert proc.returncode == 2
+    [line] = error_lines(proc)
+    assert "1 of 12 listed image file(s) not found" in line and image.name in line
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -363,3 +363,66 @@ def test_unreadable_image_names_path(tiny: Path, damage: str) -> None:
     assert message.startswith(f"{path}: cannot read image ("), message
     assert reason.lower() in message.lower(), message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(("flag", "which"), [(1, "test"), (0, "training")])
+def test_split_without_training_or_test_images(tmp_path: Path, flag: int, which: str) -> None:
+    root = write_tiny_cub(tmp_path / "CUB_200_2011", train_per_class=4 * flag)
+    with pytest.raises(DataError) as err:
+        make_dm(root).validate()
+    assert str(err.value) == (
+        f"{root / 'train_test_split.txt'}: no {which} images (all 12 have is_training_image "
+        f"{flag}); expected both training (1) and test (0) images"
+    )
+
+
+def test_box_outside_its_image_needs_the_header(tmp_path: Path) -> None:
+    """x=60 is just right of a 60x40 image: only the image's size tells it is not the bird."""
+    root = write_tiny_cub(
+        tmp_path / "CUB_200_2011", bad_line=("bounding_boxes.txt", 7, "7 60 5 9 9")
+    )
+    assert CUBIndex.load(root).bboxes[6].tolist() == [60, 5, 9, 9]  # no headers read
+    with pytest.raises(DataError) as err:
+        make_dm(root).validate()
+    assert str(err.value) == (
+        f"{root / 'bounding_boxes.txt'}:7: box (x=60, y=5, w=9, h=9) lies outside the image "
+        "60x40 of image id 7; expected a box overlapping it"
+    )
+
+
+def test_box_left_of_every_image_is_refused_without_headers(tmp_path: Path) -> None:
+    root = write_tiny_cub(
+        tmp_path / "CUB_200_2011", bad_line=("bounding_boxes.txt", 3, "3 -20 5 9 9")
+    )
+    with pytest.raises(DataError, match=r"bounding_boxes\.txt:3: box \(x=-20, .* lies outside"):
+        CUBIndex.load(root)
+
+
+def test_box_partly_outside_is_kept(tmp_path: Path) -> None:
+    root = write_tiny_cub(
+        tmp_path / "CUB_200_2011", bad_line=("bounding_boxes.txt", 3, "3 50 30 20 20")
+    )
+    assert make_dm(root).validate().bboxes[2].tolist() == [50, 30, 20, 20]
+
+
+def test_missing_images_are_listed_with_their_count_before_training(tiny: Path) -> None:
+    index = CUBIndex.load(tiny)
+    for row in (11, 5, 7):  # test images of classes 3 and 2
+        index.image_path(row).unlink()
+    with pytest.raises(DataError) as err:
+        make_dm(tiny).validate()
+    first = ", ".join(index.paths[r] for r in (5, 7, 11))
+    assert str(err.value) == (
+        f"{tiny / 'images.txt'}: 3 of 12 listed image file(s) not found under "
+        f"{tiny / 'images'} (first: {first})"
+    )
+
+
+def test_unreadable_image_header_is_refused_before_training(tiny: Path) -> None:
+    path = CUBIndex.load(tiny).image_path(9)
+    path.write_bytes(b"this is not a jpeg")
+    with pytest.raises(DataError) as err:
+        make_dm(tiny).validate()
+    message = str(err.value)
+    assert message.startswith(f"{tiny / 'images.txt'}: 1 of 12 listed image(s) cannot be read ")
+    assert f"(first: {path}: cannot identify image file" in message and "\n" not in message

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,16 @@ def test_cell_value_below_its_minimum_names_file_and_key(tmp_path: Path) -> None
         load_records(tmp_path)
     path = tmp_path / RECORD_FILENAME
     assert str(err.value) == f"{path}: key 'cell.num_transformers' must be >= 0, got -1"
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
+def test_records_are_readable_by_others_as_the_umask_allows(
+    tmp_path: Path, umask: int, mode: int
+) -> None:
+    """A shared results folder: mkstemp's private 0600 would hide records from the others."""
+    old = os.umask(umask)
+    try:
+        RecordWriter(tmp_path, table_cell(cfg()), epochs=2).save()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / RECORD_FILENAME).stat().st_mode) == mode

@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import compose_train
 from cub_fixture import write_tiny_cub
 
 from stnrepro.config import config_dir
-from stnrepro.errors import ConfigError
+from stnrepro.errors import ConfigError, DataError
 from stnrepro.train import train
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
@@ -198,3 +199,91 @@ def test_short_cpu_run_writes_predictions_matching_its_test_acc(cub_root, make_c
     artifacts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
     (logged,) = [a for a in artifacts if a.type == "predictions"]
     assert [m.path for m in logged.manifest.contents] == ["predictions.csv"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.image_size=abc", "data.image_size='abc': expected an integer >= 1"),
+        ("trainer.max_epochs=abc", "trainer.max_epochs='abc': expected an integer >= 1"),
+        ("model.optimizer.lr=abc", "model.optimizer.lr='abc': expected a float > 0"),
+        ("seed=abc", "seed='abc': expected an integer >= 0"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0: expected an integer >= 1"),
+        ("trainer.max_epochs=-1", "trainer.max_epochs=-1: expected an integer >= 1"),
+        ("data.batch_size=2.0", "data.batch_size=2.0: expected an integer >= 1"),
+        ("model.num_transformers=true", "model.num_transformers=True: expected an integer >= 0"),
+        ("model.optimizer.weight_decay=null", "model.optimizer.weight_decay=null: expected a "
+         "float >= 0"),
+        ("data.val_fraction=abc", "data.val_fraction='abc': expected a float in [0, 1)"),
+    ],
+)  # fmt: skip
+def test_bad_numeric_values_are_refused_before_work_starts(cub_root, make_cfg, override, message):
+    """Wrong types ended as bare TypeErrors; max_epochs=0 ran "finished", -1 forever."""
+    cfg = make_cfg([*tiny_overrides(cub_root), override])
+    with pytest.raises(ConfigError) as err:
+        train(cfg)
+    assert str(err.value) == message
+    record = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert record["status"] == "failed" and record["error"] == f"ConfigError: {message}"
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
+def test_optimizer_without_momentum_is_not_checked_for_it(make_cfg, tmp_path):
+    from stnrepro.config_values import check_numeric_keys
+
+    cfg = make_cfg(["model.optimizer._target_=torch.optim.AdamW", "~model.optimizer.momentum"])
+    check_numeric_keys(cfg)  # an absent key is fine; its value is not guessed
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_trainer_on_a_cpu_machine_is_one_line(cub_root, make_cfg):
+    cfg = make_cfg([*tiny_overrides(cub_root), "trainer=gpu"])
+    with pytest.raises(ConfigError) as err:
+        train(cfg)
+    assert str(err.value) == (
+        "trainer.accelerator=gpu: no GPU is available on this machine; use trainer=cpu"
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "start"),
+    [
+        ("trainer.precision=abc", "trainer.precision='abc': Precision 'abc' is invalid."),
+        ("+trainer.foo=1", "trainer.foo=1: Trainer.__init__() got an unexpected keyword "),
+        ("trainer.devices=0", "trainer.devices=0: `Trainer(devices=0)` value is not a valid"),
+    ],
+)
+def test_trainer_constructor_errors_name_the_key(cub_root, make_cfg, override, start):
+    cfg = make_cfg([*tiny_overrides(cub_root), override])
+    with pytest.raises(ConfigError) as err:
+        train(cfg)
+    assert str(err.value).startswith(start) and "\n" not in str(err.value)
+
+
+def test_callback_constructor_errors_name_the_key(cub_root, make_cfg):
+    cfg = make_cfg([*tiny_overrides(cub_root), "callbacks.lr_monitor.logging_interval=hour"])
+    with pytest.raises(ConfigError, match=r"^callbacks\.lr_monitor\.logging_interval='hour': "):
+        train(cfg)
+
+
+@pytest.mark.parametrize(("flag", "which"), [(1, "test"), (0, "training")])
+def test_split_without_test_or_training_images_is_refused_before_training(
+    tmp_path, make_cfg, flag, which
+):
+    """No test images finished without test/acc; no training images: num_samples=0."""
+    root = write_tiny_cub(tmp_path / "CUB_200_2011", train_per_class=4 * flag, size=(48, 40))
+    cfg = make_cfg(tiny_overrides(root))
+    with pytest.raises(DataError, match=rf"train_test_split\.txt: no {which} images"):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
+def test_missing_test_image_is_refused_before_training(tmp_path, make_cfg):
+    root = write_tiny_cub(tmp_path / "CUB_200_2011", size=(48, 40))
+    missing = sorted((root / "images").rglob("*.jpg"))[-1]  # a test image
+    missing.unlink()
+    cfg = make_cfg(tiny_overrides(root))
+    with pytest.raises(DataError, match=r"1 of 12 listed image file\(s\) not found") as err:
+        train(cfg)
+    assert str(missing.relative_to(root / "images")) in str(err.value)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()

@@ -13,6 +13,7 @@ import json
 import logging
 import netrc
 import os
+import re
 import sys
 import uuid
 from pathlib import Path
@@ -21,16 +22,19 @@ from urllib.parse import urlparse
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from stnrepro import provenance
 from stnrepro.checkpoint_io import AtomicCheckpointIO
 from stnrepro.config import CONFIG_NAME, CONFIG_PATH
+from stnrepro.config_values import check_numeric_keys
 from stnrepro.errors import ConfigError, StnreproError, one_line
 from stnrepro.lifecycle import check_same_run, hold_output_dir, run_definition, save_definition
 from stnrepro.records.schema import PREDICTIONS_FILENAME, RECORD_FILENAME
@@ -95,7 +99,7 @@ def build_logger(cfg: DictConfig, output_dir: Path, name: str) -> Logger | None:
             "resume": "allow",
             "save_dir": str(output_dir),
         }
-    logger = instantiate(cfg.logger, **kwargs)
+    logger = build(cfg.logger, "logger", **kwargs)
     if target.endswith("WandbLogger"):
         _define_summaries(logger)
     return logger
@@ -122,37 +126,83 @@ def build_callbacks(cfg: DictConfig, has_logger: bool, has_val: bool) -> list[pl
             continue  # LearningRateMonitor refuses a Trainer without logger
         if cb_cfg.get("monitor") and not has_val:
             continue  # nothing to monitor; the unmonitored last_checkpoint still saves
-        callbacks.append(instantiate(cb_cfg))
+        callbacks.append(build(cb_cfg, f"callbacks.{key}"))
     return callbacks
 
 
-def build(node: DictConfig) -> Any:
-    """``instantiate(node)``, letting the project's one-line errors through unwrapped.
+def build(node: DictConfig, key: str | None = None, **kwargs: Any) -> Any:
+    """``instantiate(node, **kwargs)``, with bad config values as the project's one-line errors.
 
-    Hydra wraps whatever a ``_target_`` raises in an ``InstantiationException`` (a multi-line
-    message that :func:`main` would not recognise); a :class:`StnreproError` from a constructor
-    (a bad model value, missing pretrained weights) is re-raised as itself instead.
+    Every object a run makes from its config (data, model, logger, callbacks, trainer) is made
+    here. Hydra wraps whatever a ``_target_`` raises in an ``InstantiationException`` (a
+    multi-line message that :func:`main` would not recognise); a :class:`StnreproError` from a
+    constructor (a bad model value, missing pretrained weights) is re-raised as itself instead.
+    ``key`` names the config node of a third-party target (``trainer``, ``logger``,
+    ``callbacks.<name>``): there a ``ValueError``, ``TypeError`` or Lightning
+    ``MisconfigurationException`` from the constructor is a bad config value and becomes a
+    :class:`ConfigError` naming the argument (see :func:`_constructor_error`). Our own
+    constructors raise StnreproError for bad values, so anything else from them is a bug and
+    keeps its traceback.
     """
     try:
-        return instantiate(node)
+        return instantiate(node, **kwargs)
     except InstantiationException as exc:
-        if isinstance(exc.__cause__, StnreproError):
-            raise exc.__cause__ from None
+        cause = exc.__cause__
+        if isinstance(cause, StnreproError):
+            raise cause from None
+        if key is not None and isinstance(
+            cause, ValueError | TypeError | MisconfigurationException
+        ):
+            raise _constructor_error(node, key, cause) from cause
         raise
+
+
+def _constructor_error(node: DictConfig, key: str, cause: BaseException) -> ConfigError:
+    """One line ``key.arg=value: <the library's message>`` for a constructor's refusal.
+
+    The argument is the config key of ``node`` the message mentions first (Lightning names
+    it: "Precision 'x' is invalid", "`devices` selected with ..."); without one the line
+    names ``key`` alone. A GPU trainer on a machine without one gets its own message, since
+    Lightning's ("No supported gpu backend found!") names neither the key nor the fix.
+    """
+    accelerator = node.get("accelerator") if key == "trainer" else None
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        return ConfigError(
+            f"trainer.accelerator={accelerator}: no GPU is available on this machine; "
+            "use trainer=cpu"
+        )
+    message = one_line(cause)
+    mentioned = []
+    for name in node:
+        name = str(name)
+        if name.startswith("_"):
+            continue
+        match = re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", message, re.IGNORECASE)
+        if match:
+            mentioned.append((match.start(), name))
+    if not mentioned:
+        return ConfigError(f"{key}: {message}")
+    name = min(mentioned)[1]
+    value = node.get(name)
+    shown = "null" if value is None else repr(value) if isinstance(value, str) else value
+    return ConfigError(f"{key}.{name}={shown}: {message}")
 
 
 def validate_config(cfg: DictConfig) -> None:
     """Cheap checks of the run-level keys, before any data is read or model built.
 
-    The model's own values (``model.*``, ``data.image_size`` against the backbone) are
-    checked by :func:`~stnrepro.models.st_cnn.validate_model_args` when :func:`train` builds
-    the model, which it does before the data module reads anything.
+    The numeric keys' types and ranges come from one table,
+    :data:`~stnrepro.config_values.NUMERIC_KEYS`. The model's own values (``model.*``,
+    ``data.image_size`` against the backbone) are checked by
+    :func:`~stnrepro.models.st_cnn.validate_model_args` when :func:`train` builds the model,
+    which it does before the data module reads anything.
     """
     for key in ("data", "model", "trainer"):
         if not cfg.get(key):
             raise ConfigError(f"{key}: missing config group (expected e.g. {key}=...)")
     if cfg.get("test_ckpt") not in ("last", "best"):
         raise ConfigError(f"test_ckpt={cfg.get('test_ckpt')!r}: expected 'last' or 'best'")
+    check_numeric_keys(cfg)
 
 
 def build_datamodule(cfg: DictConfig) -> Any:
@@ -227,8 +277,9 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any])
         callbacks = build_callbacks(cfg, logger is not None, datamodule.has_val)
         callbacks.append(RNGStateCallback())
         limit_val = {} if datamodule.has_val else {"limit_val_batches": 0}
-        trainer = instantiate(
+        trainer = build(
             cfg.trainer,
+            "trainer",
             callbacks=callbacks,
             logger=logger or False,
             plugins=[AtomicCheckpointIO()],
