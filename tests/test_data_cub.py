@@ -15,10 +15,10 @@ from stnrepro.data.cub import (
     IMAGENET_MEAN,
     CUBDataModule,
     CUBDataset,
-    CUBIndex,
     denormalize,
     stratified_val_split,
 )
+from stnrepro.data.cub_index import CUBIndex
 from stnrepro.errors import ConfigError, DataError
 
 

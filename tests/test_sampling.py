@@ -12,7 +12,8 @@ from cub_fixture import write_tiny_cub
 from lightning_fabric.utilities.data import _set_sampler_epoch
 from torch.utils.data import DistributedSampler
 
-from stnrepro.data.cub import CUBDataModule, CUBDataset, CUBIndex
+from stnrepro.data.cub import CUBDataModule, CUBDataset
+from stnrepro.data.cub_index import CUBIndex
 from stnrepro.data.sampling import SeededEpochSampler
 from stnrepro.errors import ConfigError
 

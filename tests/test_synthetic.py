@@ -17,7 +17,7 @@ from PIL import Image
 from stnrepro.cli.data import main as stn_data
 from stnrepro.config import compose_config
 from stnrepro.data import synth_draw, synthetic
-from stnrepro.data.cub import CUBIndex
+from stnrepro.data.cub_index import CUBIndex
 from stnrepro.data.synth_settings import (
     GENERATOR_KEYS,
     GENERATOR_VERSION,

@@ -240,7 +240,7 @@ def prepare_data(
 ) -> tuple[str, int]:
     """(root, num_classes) of the e2e data: ``data_root``, else a generated synthetic folder
     with ``batches`` full batches of ``max_batch`` in one training epoch."""
-    from stnrepro.data.cub import CUBIndex
+    from stnrepro.data.cub_index import CUBIndex
     from stnrepro.data.synth_settings import preset_settings
     from stnrepro.data.synthetic import ensure_generated
 

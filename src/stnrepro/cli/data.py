@@ -139,7 +139,7 @@ def check_dataset(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from stnrepro.data.cub import CUBIndex
+    from stnrepro.data.cub_index import CUBIndex
 
     index = CUBIndex.load(args.root)
     paths = [str(index.image_path(row)) for row in range(index.num_images)]

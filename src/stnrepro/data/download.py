@@ -30,7 +30,7 @@ from tqdm import tqdm
 from stnrepro.errors import DataError, one_line
 
 if TYPE_CHECKING:
-    from stnrepro.data.cub import CUBIndex
+    from stnrepro.data.cub_index import CUBIndex
 
 CUB_URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
 CUB_MD5 = "97eceeb196236b17998738112f37df78"
@@ -201,7 +201,7 @@ def prepare_cub(
     downloaded is deleted afterwards (unless ``keep_archive``); a user's ``archive`` never is.
     ``md5`` empty/None skips verification.
     """
-    from stnrepro.data.cub import CUBIndex  # lazy: keeps `--help` fast (no torch import)
+    from stnrepro.data.cub_index import CUBIndex  # lazy: keeps `--help` fast (no torch import)
 
     out = Path(out).expanduser().absolute()
     dataset = out / DATASET_DIR

@@ -54,7 +54,8 @@ import numpy as np
 from filelock import FileLock
 
 from stnrepro.data import synth_draw
-from stnrepro.data.cub import CUBDataModule, CUBIndex
+from stnrepro.data.cub import CUBDataModule
+from stnrepro.data.cub_index import CUBIndex
 from stnrepro.data.synth_draw import ImageRecord
 from stnrepro.data.synth_settings import (
     GENERATOR_KEYS,
