@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import io
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 from fsspec.utils import get_protocol
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from stnrepro.atomic import write_atomic
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -37,34 +38,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Not mkstemp: its 0600 mode would hide checkpoints from the group on shared clusters.
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         # Serialised in memory first (as Lightning does): a write error is then the OSError
         # itself ("No space left on device"), not torch's zip writer's "unexpected pos".
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        try:
-            with open(tmp, "xb") as f:
-                f.write(buffer.getbuffer())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(target.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable; not every system can open a folder (Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        write_atomic(target, buffer.getbuffer())

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from stnrepro.atomic import write_atomic
 from stnrepro.errors import one_line
 from stnrepro.records.schema import CELL_KEYS, RECORD_FILENAME, SCHEMA_VERSION
 
@@ -65,31 +64,9 @@ def _json_scalar(value: Any) -> Any:
     return value
 
 
-def _current_umask() -> int:
-    """The process umask (``os.umask`` can only be read by setting it, so set it back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON so that ``path`` holds either the old or the new content, never a mix.
-
-    The file gets the mode a plain ``open(path, "w")`` would give (0666 less the umask,
-    usually 0644), not ``mkstemp``'s private 0600: records in a shared results folder must
-    be readable by the others who aggregate them.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_current_umask())
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON so that ``path`` holds either the old or the new content, never a mix."""
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 class RecordWriter:

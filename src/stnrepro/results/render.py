@@ -20,6 +20,7 @@ from typing import Any
 
 from tabulate import SEPARATING_LINE, DataRow, Line, TableFormat, tabulate
 
+from stnrepro.atomic import file_mode
 from stnrepro.results.csv_rows import CsvValue, claims_csv_rows, csv_rows
 from stnrepro.results.layout import (
     EXTRA_TITLE,
@@ -416,7 +417,7 @@ def write_table(table: TableData, out_dir: str | os.PathLike[str], name: str) ->
     paths = []
     for suffix, tmp in temps.items():
         final = out / f"{name}{suffix}"
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, final)
         paths.append(final)
     return paths

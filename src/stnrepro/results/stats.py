@@ -20,8 +20,7 @@ must all cover the same test images; "model B minus model A" is the sign of ever
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Literal
 
 import numpy as np
 
+from stnrepro.atomic import write_atomic
 from stnrepro.errors import DataError
 
 COLUMNS = ("image_id", "label", "pred", "correct", "correct_top5")
@@ -111,22 +111,13 @@ class Difference:
 
 
 def write_predictions(path: str | Path, predictions: Predictions) -> None:
-    """Write ``predictions.csv`` atomically (temp file + ``os.replace``), mode 0644."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(COLUMNS)
-            columns = [getattr(predictions, name).astype(np.int64).tolist() for name in COLUMNS]
-            writer.writerows(zip(*columns, strict=True))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``predictions.csv`` whole or not at all (``stnrepro.atomic``)."""
+    text = io.StringIO(newline="")
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    columns = [getattr(predictions, name).astype(np.int64).tolist() for name in COLUMNS]
+    writer.writerows(zip(*columns, strict=True))
+    write_atomic(path, text.getvalue())
 
 
 def read_predictions(path: str | Path) -> Predictions:
