@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import uuid
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -28,8 +29,11 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.loggers import Logger
+from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from stnrepro import provenance
 from stnrepro.checkpoint_io import AtomicCheckpointIO
@@ -57,15 +61,33 @@ def wandb_credentials_present() -> bool:
         return False
 
 
+def _is_rank_zero() -> bool:
+    """True in the process that owns the run's files: the only one, or DDP's global rank 0.
+
+    Under DDP every rank runs :func:`train` with the same config, but only rank 0 holds the
+    output folder, writes ``run_config.json``, the record, ``predictions.csv`` and the W&B
+    run; the other ranks train and write nothing. Lightning's ``rank_zero_only.rank`` is
+    read from the environment (``RANK``, ``LOCAL_RANK``, ``SLURM_PROCID``) when Lightning is
+    imported, so it is right before the Trainer exists, and the DDP strategy updates it.
+    """
+    return rank_zero_only.rank == 0
+
+
 def _is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def _wandb_run_id(output_dir: Path) -> str:
-    """One W&B run id per output directory, so a resumed run continues the same W&B run."""
+def _wandb_run_id(output_dir: Path) -> str | None:
+    """One W&B run id per output directory, so a resumed run continues the same W&B run.
+
+    Made and stored by rank 0; other DDP ranks create no W&B run and only read it (None
+    when it is not there yet, as under SLURM where all ranks start at once).
+    """
     path = output_dir / "wandb_run_id.txt"
     if path.exists():
         return path.read_text().strip()
+    if not _is_rank_zero():
+        return None
     run_id = uuid.uuid4().hex[:12]
     path.write_text(run_id + "\n")
     return run_id
@@ -212,6 +234,28 @@ def build_datamodule(cfg: DictConfig) -> Any:
     return datamodule
 
 
+def check_distributed(cfg: DictConfig, trainer: pl.Trainer) -> None:
+    """Refuse, before any process starts, DDP settings that would fail once they have.
+
+    Lightning's DDP without a cluster that starts the ranks (SLURM, torchrun) starts them by
+    re-running this command with ``hydra.run.dir`` pinned to this run's folder; in a multirun
+    that would rerun the whole sweep in every extra rank.
+    """
+    if cfg.trainer.get("sync_batchnorm") and isinstance(trainer.accelerator, CPUAccelerator):
+        raise ConfigError(
+            "trainer.sync_batchnorm=true: torch's SyncBatchNorm runs on GPUs only; on CPU set "
+            "trainer.sync_batchnorm=false"
+        )
+    if _is_multirun() and isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
+        raise ConfigError(
+            f"trainer.strategy={cfg.trainer.get('strategy')!r} with "
+            f"trainer.devices={cfg.trainer.get('devices')!r} in a multirun: Lightning would "
+            "start the other ranks by rerunning the whole sweep; run each job as its own "
+            "command, or under SLURM (hydra/launcher=slurm_gpu with "
+            "hydra.launcher.tasks_per_node=trainer.devices)"
+        )
+
+
 def _metrics(trainer: pl.Trainer) -> dict[str, Any]:
     return {k: v for k, v in trainer.callback_metrics.items() if not k.startswith("train/st")}
 
@@ -220,10 +264,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test one run described by ``cfg``; return its record (also in metrics.json).
 
     The output directory holds this one run (``stnrepro.lifecycle``): a finished run is left
-    as it is, an unfinished one resumes, and a different run there is refused.
+    as it is, an unfinished one resumes, and a different run there is refused. Under DDP,
+    ranks other than 0 make the same checks (so under SLURM, where all ranks start at once,
+    they stop too rather than wait for a rank 0 that never trains) but do not hold the
+    folder: rank 0 holds it for the whole run.
     """
     output_dir = Path(cfg.paths.output_dir)
-    with hold_output_dir(output_dir):
+    with hold_output_dir(output_dir) if _is_rank_zero() else nullcontext():
         definition = run_definition(cfg)
         if check_same_run(output_dir, definition):
             finished = _finished_record(output_dir)
@@ -252,6 +299,7 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any])
         table_cell(cfg),
         epochs=OmegaConf.select(cfg, "trainer.max_epochs"),
         config=definition,
+        write=_is_rank_zero(),
     )
     logger: Logger | None = None
     trainer: pl.Trainer | None = None
@@ -259,7 +307,8 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any])
         validate_config(cfg)
         provenance.set_threads(cfg.get("threads"))
         resume_from = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
-        save_definition(output_dir, definition)
+        if _is_rank_zero():
+            save_definition(output_dir, definition)
         record.save()
         pl.seed_everything(cfg.seed, workers=True)
         model = build(cfg.model)  # refuses bad model values before any data is read
@@ -285,6 +334,7 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any])
             plugins=[AtomicCheckpointIO()],
             **limit_val,
         )
+        check_distributed(cfg, trainer)
         record.data["provenance"] = provenance.collect(trainer, datamodule)
         if resume_from:
             log.info("resuming from %s", resume_from)
@@ -371,7 +421,12 @@ def _save_predictions(
 
 
 def _log_summary(logger: Logger, record: RecordWriter) -> None:
-    """Store the record as the W&B run summary key ``record`` (what the table reads)."""
+    """Store the record as the W&B run summary key ``record`` (what the table reads).
+
+    Rank 0 only: elsewhere ``logger.experiment`` is Lightning's no-op stand-in.
+    """
+    if not _is_rank_zero():
+        return
     experiment = getattr(logger, "experiment", None)
     summary = getattr(experiment, "summary", None)
     if summary is not None:
@@ -380,7 +435,7 @@ def _log_summary(logger: Logger, record: RecordWriter) -> None:
 
 def _finish_wandb(logger: Logger | None) -> None:
     """End this job's W&B run, or the next multirun job would log into it."""
-    if logger is None or not type(logger).__name__.startswith("Wandb"):
+    if logger is None or not type(logger).__name__.startswith("Wandb") or not _is_rank_zero():
         return
     import wandb
 

@@ -70,7 +70,11 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 class RecordWriter:
-    """Builds and rewrites one run's ``metrics.json``; ``data`` is the record as a dict."""
+    """Builds and rewrites one run's ``metrics.json``; ``data`` is the record as a dict.
+
+    ``write=False`` keeps the record in memory only: DDP ranks other than 0 build the same
+    record (``train`` returns it) but the run has one file, written by rank 0.
+    """
 
     def __init__(
         self,
@@ -78,7 +82,9 @@ class RecordWriter:
         cell: dict[str, Any],
         epochs: int | None,
         config: dict[str, Any] | None = None,
+        write: bool = True,
     ) -> None:
+        self.write = write
         self.path = Path(output_dir) / RECORD_FILENAME
         self.data: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
@@ -102,7 +108,8 @@ class RecordWriter:
         self._t0 = datetime.now(timezone.utc)
 
     def save(self) -> None:
-        write_json_atomic(self.path, self.data)
+        if self.write:
+            write_json_atomic(self.path, self.data)
 
     def update_metrics(self, metrics: dict[str, Any]) -> None:
         self.data["metrics"].update({k: _json_scalar(v) for k, v in sorted(metrics.items())})
