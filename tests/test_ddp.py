@@ -21,9 +21,10 @@ import pytorch_lightning as pl
 from cub_fixture import write_tiny_cub
 from wandb_records import read_records
 
+from stnrepro.building import build_datamodule
 from stnrepro.errors import ConfigError
 from stnrepro.module import STCNNModule
-from stnrepro.train import build_datamodule, train
+from stnrepro.train import train
 
 pytestmark = pytest.mark.slow
 ENV = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}

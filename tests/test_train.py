@@ -158,7 +158,7 @@ def test_logger_summary_gets_the_finished_record(cub_root, make_cfg, monkeypatch
 
     seen = []
     monkeypatch.setattr(
-        train_module, "_log_summary", lambda logger, record: seen.append(dict(record.data))
+        train_module, "log_summary", lambda logger, record: seen.append(dict(record.data))
     )
     record = train(make_cfg(tiny_overrides(cub_root, 0)))
     assert [s["status"] for s in seen] == ["finished"]

@@ -1,0 +1,153 @@
+"""Which process owns a run's files, and Weights & Biases: the logger, its run identity,
+the summaries the dashboard shows, and ending each job's run.
+
+Under DDP every rank runs the job, but only global rank 0 (:func:`is_rank_zero`) holds the
+output folder and writes files or W&B runs. A run's W&B id is kept in its output folder, so
+a resumed run continues the same W&B run; without credentials W&B logs offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+from stnrepro.building import build
+from stnrepro.records.writer import RecordWriter
+
+log = logging.getLogger("stnrepro")
+
+
+def is_rank_zero() -> bool:
+    """True in the process that owns the run's files: the only one, or DDP's global rank 0.
+
+    Under DDP every rank runs :func:`train` with the same config, but only rank 0 holds the
+    output folder, writes ``run_config.json``, the record, ``predictions.csv`` and the W&B
+    run; the other ranks train and write nothing. Lightning's ``rank_zero_only.rank`` is
+    read from the environment (``RANK``, ``LOCAL_RANK``, ``SLURM_PROCID``) when Lightning is
+    imported, so it is right before the Trainer exists, and the DDP strategy updates it.
+    """
+    return rank_zero_only.rank == 0
+
+
+def is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def wandb_credentials_present() -> bool:
+    """True when W&B could log online without prompting: an API key in the env or netrc."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
+    path = os.environ.get("NETRC", str(Path.home() / ".netrc"))
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_run_id(output_dir: Path) -> str | None:
+    """One W&B run id per output directory, so a resumed run continues the same W&B run.
+
+    Made and stored by rank 0; other DDP ranks create no W&B run and only read it (None
+    when it is not there yet, as under SLURM where all ranks start at once).
+    """
+    path = output_dir / "wandb_run_id.txt"
+    if path.exists():
+        return path.read_text().strip()
+    if not is_rank_zero():
+        return None
+    run_id = uuid.uuid4().hex[:12]
+    path.write_text(run_id + "\n")
+    return run_id
+
+
+def build_logger(cfg: DictConfig, output_dir: Path, name: str) -> Logger | None:
+    """Instantiate ``cfg.logger`` (None for ``logger=none``), filling in W&B run identity."""
+    if not cfg.get("logger"):
+        return None
+    kwargs: dict[str, Any] = {}
+    target = str(cfg.logger.get("_target_", ""))
+    if target.endswith("WandbLogger"):
+        group = cfg.logger.get("group")
+        if group is None and is_multirun():
+            group = f"{cfg.task_name}-{Path(HydraConfig.get().sweep.dir).name}"
+        offline = cfg.logger.get("offline")
+        if offline is None:  # auto: offline when nobody is logged in
+            offline = os.environ.get("WANDB_MODE") == "offline" or not wandb_credentials_present()
+            if offline:
+                log.info(
+                    "W&B: no credentials found, logging offline to %s/wandb; upload later with "
+                    "`wandb sync %s/wandb/offline-run-*`",
+                    output_dir,
+                    output_dir,
+                )
+        kwargs = {
+            "name": name,
+            "group": group,
+            "offline": bool(offline),
+            "id": wandb_run_id(output_dir),
+            "resume": "allow",
+            "save_dir": str(output_dir),
+        }
+    logger = build(cfg.logger, "logger", **kwargs)
+    if target.endswith("WandbLogger"):
+        define_summaries(logger)
+    return logger
+
+
+# Run-table summaries: the best validation accuracy over epochs, the final test accuracy.
+WANDB_SUMMARIES = {"val/acc": "max", "test/acc": "last", "test/acc_top5": "last"}
+
+
+def define_summaries(logger: Logger) -> None:
+    """Make W&B's run table show ``WANDB_SUMMARIES`` (not just each key's last value)."""
+    experiment = logger.experiment  # a no-op stand-in on ranks other than 0
+    for key, summary in WANDB_SUMMARIES.items():
+        experiment.define_metric(key, summary=summary)
+
+
+def log_summary(logger: Logger, record: RecordWriter) -> None:
+    """Store the record as the W&B run summary key ``record`` (what the table reads).
+
+    Rank 0 only: elsewhere ``logger.experiment`` is Lightning's no-op stand-in.
+    """
+    if not is_rank_zero():
+        return
+    experiment = getattr(logger, "experiment", None)
+    summary = getattr(experiment, "summary", None)
+    if summary is not None:
+        summary["record"] = dict(record.data)
+
+
+def log_artifact(logger: Logger | None, path: Path, kind: str) -> None:
+    """Log the file ``path`` to this job's W&B run as an artifact of type ``kind`` (rank 0)."""
+    if logger is None or not type(logger).__name__.startswith("Wandb") or not is_rank_zero():
+        return
+    import wandb
+
+    run = logger.experiment
+    artifact = wandb.Artifact(f"{kind}-{run.id}", type=kind)
+    artifact.add_file(str(path))
+    run.log_artifact(artifact)
+
+
+def finish_wandb(logger: Logger | None) -> None:
+    """End this job's W&B run, or the next multirun job would log into it."""
+    if logger is None or not type(logger).__name__.startswith("Wandb") or not is_rank_zero():
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish(exit_code=0 if sys.exc_info()[0] is None else 1)
