@@ -23,7 +23,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import Metric, MetricCollection
+from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from stnrepro.attention import AttentionMetrics, datamodule_part_names
@@ -148,6 +148,8 @@ class STCNNModule(pl.LightningModule):
                 for k in top_k
             }
             setattr(self, f"{stage}_metrics", MetricCollection(accuracy, prefix=f"{stage}/"))
+            if stage != "train":
+                setattr(self, f"{stage}_mean_loss", MeanMetric())
             if num_transformers:
                 setattr(self, f"{stage}_theta", ThetaStats(num_transformers))
 
@@ -190,8 +192,13 @@ class STCNNModule(pl.LightningModule):
         )
         batch_size = batch["label"].shape[0]
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True,
-                 batch_size=batch_size, sync_dist=not on_step)  # fmt: skip
+        if on_step:
+            self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
+                     batch_size=batch_size)  # fmt: skip
+        else:  # an image-weighted mean over all ranks, even when their shares differ
+            mean_loss: MeanMetric = getattr(self, f"{stage}_mean_loss")
+            mean_loss.update(loss.detach(), weight=batch_size)
+            self.log(f"{stage}/loss", mean_loss, on_epoch=True, prog_bar=True)
         metrics: MetricCollection = getattr(self, f"{stage}_metrics")
         metrics.update(out.logits.detach(), batch["label"])
         if stage == "test":
@@ -279,16 +286,20 @@ class STCNNModule(pl.LightningModule):
     def _gather_predictions(self) -> None:
         """All ranks' rows -> ``test_predictions`` (numpy columns, one row per image id).
 
-        Under DDP every rank holds the same number of rows (DistributedSampler pads the
-        test set by repeating images), which ``all_gather`` needs; the repeats are dropped
-        here by image id, so the file has each test image once.
+        Under DDP each rank holds its own share of the images (none repeated, see
+        ``CUBDataModule._eval_sampler``); ``all_gather`` needs equal shapes, so the shares are
+        padded with id -1 rows, dropped again after the gather. Rows are also kept once per
+        image id, whatever sampler produced them.
         """
         outputs = getattr(self, "_test_outputs", None)
         if not outputs:
             return
         rows = torch.cat(outputs)
         if self.trainer.world_size > 1:
-            rows = self.all_gather(rows).reshape(-1, rows.shape[1])
+            most = int(self.all_gather(torch.tensor(rows.shape[0], device=rows.device)).max())
+            pad = rows.new_full((most - rows.shape[0], rows.shape[1]), -1)
+            rows = self.all_gather(torch.cat([rows, pad])).reshape(-1, rows.shape[1])
+            rows = rows[rows[:, 0] >= 0]
         table = rows.cpu().numpy()
         _, first = np.unique(table[:, 0], return_index=True)
         table = table[np.sort(first)]

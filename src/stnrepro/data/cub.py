@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from stnrepro.data.cub_index import INDEX_FILES, CUBIndex
 from stnrepro.data.sampling import SeededEpochSampler, check_seed
@@ -295,10 +296,23 @@ class CUBDataModule(pl.LightningDataModule):
             epoch=trainer.fit_loop.epoch_progress.current.processed,
         )
 
+    def _eval_sampler(self, dataset: CUBDataset) -> Sampler | None:
+        """Under DDP, this rank's share of the images in order, with no image repeated.
+
+        Lightning's own DistributedSampler repeats up to ``world_size - 1`` images so that
+        every rank gets as many; for evaluation that would count them twice in test/acc.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return None
+        return UnrepeatedDistributedSampler(
+            dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+        )
+
     def _loader(self, dataset: CUBDataset, batch_size: int, train: bool) -> DataLoader:
         """Training: shuffled ``(index, aug_seed)`` pairs (Lightning calls the sampler's
         ``set_epoch``; under DDP each rank's sampler takes its share).  Evaluation: plain
-        indices in order (Lightning shards them under DDP).
+        indices in order (under DDP each rank's share, none repeated).
 
         Each loader has its own torch generator: a DataLoader draws its workers' base seed
         from it on every new iterator, which with the global generator would shift the
@@ -306,7 +320,7 @@ class CUBDataModule(pl.LightningDataModule):
         ``persistent_workers`` and by a resume.
         """
         workers = self.num_workers
-        sampler = self._train_sampler(dataset) if train else None
+        sampler = self._train_sampler(dataset) if train else self._eval_sampler(dataset)
         return DataLoader(
             dataset,
             batch_size=batch_size,
