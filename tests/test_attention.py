@@ -381,8 +381,8 @@ def test_show_attention_errors_are_one_line_exit_2(fitted, tmp_path, capsys, cas
 
 
 def test_show_attention_resolves_paths_as_the_run_did(fitted, tmp_path, capsys, monkeypatch):
-    """config.yaml is saved unresolved: data_dir = ${oc.env:STNREPRO_ROOT,${hydra:runtime.cwd}}
-    /data; the job's folder comes from the run's .hydra/hydra.yaml, not from where we are."""
+    """config.yaml is saved unresolved: data_dir = ${oc.env:STNREPRO_ROOT,.}/data, relative to
+    the job's folder, which comes from the run's .hydra/hydra.yaml, not from where we are."""
     monkeypatch.delenv("STNREPRO_ROOT", raising=False)
     run_dir, job_cwd = tmp_path / "run", tmp_path / "job_cwd"
     synth = [o for o in tiny_overrides(fitted.cub_root) if not o.startswith("data.root")]
@@ -390,7 +390,7 @@ def test_show_attention_resolves_paths_as_the_run_did(fitted, tmp_path, capsys, 
     synth += ["data.images_per_class=4", "data.image_width=64", "data.image_height=48",
               "data.gen_workers=1", "+data.gen_progress=false"]  # fmt: skip
     cfg = compose_train(synth, run_dir)
-    assert "hydra:runtime.cwd" in OmegaConf.to_yaml(cfg.paths)  # still unresolved
+    assert "${oc.env:STNREPRO_ROOT,.}" in OmegaConf.to_yaml(cfg.paths)  # still unresolved
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     runtime = {"cwd": str(job_cwd), "output_dir": str(run_dir)}

@@ -129,3 +129,11 @@ def test_sigterm_stops_the_sweep_instead_of_starting_the_next_job(cub_root, tmp_
         "(ckpt_path=last continues from checkpoints/last.ckpt)"
     )
     assert not (sweep / "1").exists()
+
+
+def test_a_sweep_without_an_explicit_folder_goes_under_the_current_folder(cub_root, tmp_path):
+    """The default sweep folder is resolved before any ${hydra:...} value exists; a root
+    that needed one made every `stn-train -m` without hydra.sweep.dir fail (make demo did)."""
+    run_cli([*tiny(cub_root), "logger=none", "seed=0"], tmp_path)
+    (record,) = tmp_path.glob("logs/train/multiruns/*/0/metrics.json")
+    assert json.loads(record.read_text())["status"] == "finished"

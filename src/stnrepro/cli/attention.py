@@ -72,11 +72,13 @@ def find_config(checkpoint: Path) -> tuple[Path, Path]:
 def run_config(config: Path, run_dir: Path) -> Any:
     """The run's job config with every ``${hydra:...}`` value resolved as in the original job.
 
-    Hydra saves ``config.yaml`` unresolved (``paths.root_dir`` is
-    ``${oc.env:STNREPRO_ROOT,${hydra:runtime.cwd}}``); the run's ``hydra.yaml`` holds the
-    Hydra node those interpolations read, so it is installed as the current HydraConfig.
-    Without it (a hand-copied run) the current folder stands in for the job's folder.
-    ``paths.output_dir`` is the run dir where it is now (runs get moved).
+    Hydra saves ``config.yaml`` unresolved: ``paths.root_dir`` (``${oc.env:STNREPRO_ROOT,.}``)
+    may be relative to the folder the job ran in, and ``paths.output_dir`` reads the Hydra
+    node. The run's ``hydra.yaml`` holds that node (with the job's folder,
+    ``hydra.runtime.cwd``), so it is installed as the current HydraConfig and a relative root
+    is taken from the job's folder. Without it (a hand-copied run) the current folder stands
+    in for the job's folder. ``paths.output_dir`` is the run dir where it is now (runs get
+    moved).
     """
     from hydra.conf import HydraConf
     from hydra.core.hydra_config import HydraConfig
@@ -98,6 +100,9 @@ def run_config(config: Path, run_dir: Path) -> Any:
     with open_dict(cfg):
         if "paths" in cfg:
             cfg.paths.output_dir = str(run_dir)
+            root = Path(str(cfg.paths.root_dir))
+            if not root.is_absolute():
+                cfg.paths.root_dir = str(Path(hydra_node.runtime.cwd) / root)
     return cfg
 
 
