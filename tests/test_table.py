@@ -89,6 +89,7 @@ def make_record(
         record["config"] = {
             "data.name": dataset, "data.image_size": size, "model.backbone": backbone,
             "model.num_transformers": nt, "model.crop_size": crop_size, "seed": seed,
+            "data.seed": seed,  # follows seed, as in the data configs (${seed})
             "trainer.max_epochs": 30, **(config if isinstance(config, dict) else {}),
         }  # fmt: skip
     if provenance is not None:

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from stnrepro.records.schema import RunRecord
 from stnrepro.results.model import TableError, plural, show
 
-# The one run-defining key that may differ within a cell: the seed is what is averaged over.
-AVERAGED_KEY = "seed"
+# The run-defining keys that may differ within a cell: the seed is what is averaged over, and
+# data.seed (the data pipeline's seed, ``${seed}`` in the data configs) follows it.
+AVERAGED_KEYS = ("seed", "data.seed")
 _UNSET = "<unset>"
 
 
@@ -34,7 +35,7 @@ def check_cell(name: str, runs: Sequence[RunRecord]) -> int:
     """
     finished = [r for r in runs if r.finished]
     known = [r for r in finished if r.config is not None]
-    keys = sorted({k for r in known for k in r.config or {}} - {AVERAGED_KEY})
+    keys = sorted({k for r in known for k in r.config or {}} - set(AVERAGED_KEYS))
     differing = []
     for key in keys:
         values = sorted({_value(r, key) for r in known})
