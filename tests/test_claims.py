@@ -210,3 +210,13 @@ def test_cli_wandb_log_writes_an_offline_table_run(
     assert sorted(m.path for m in artifact.manifest.contents) == [
         "cub_table.csv", "cub_table.md", "cub_table.png", "cub_table.tex", "cub_table_claims.csv",
     ]  # fmt: skip
+
+
+def test_a_claim_whose_cell_has_no_runs_is_named_by_the_papers_size(tmp_path: Path) -> None:
+    """The paper's claims are always listed; a side without runs used to read 'None'."""
+    write_run(tmp_path, 224, 0, 0, 200)
+    write_run(tmp_path, 224, 2, 0, 240)
+    claims = claims_of(tmp_path)
+    assert "2xST 448 over 2xST 224" in claims and "4xST 448 over CNN 224" in claims
+    assert not any("None" in label for label in claims)
+    assert claims["2xST 448 over 2xST 224"][4] == ""  # no difference of ours to show

@@ -94,7 +94,11 @@ def test_keys_that_cannot_change_results_do_not_define_the_run(cub_root, make_cf
     )  # fmt: skip
     assert base == other
     assert base["seed"] == 0 and base["model.optimizer.lr"] == 0.01
-    assert not any(k.startswith(("logger", "paths", "callbacks")) for k in base)
+    assert not any(k.startswith(("logger", "paths")) for k in base)
+    # Of the callbacks only what picks the "best" checkpoint (test_ckpt=best) defines a run.
+    assert [k for k in base if k.startswith("callbacks")] == [
+        "callbacks.best_checkpoint.mode", "callbacks.best_checkpoint.monitor",
+    ]  # fmt: skip
 
 
 def test_a_second_process_in_the_same_folder_is_refused_naming_the_holder(cub_root, make_cfg):
@@ -129,3 +133,38 @@ def test_a_second_sweep_into_the_same_folder_does_not_reuse_the_first(cub_root, 
     assert after == before  # s0/s1 keep their numbers; no s2/s3 record carries them
     names = {json.loads(b)["run_name"] for b in after.values()}
     assert names == {"2xST-32-s0", "2xST-32-s1"}
+
+
+def test_a_run_refused_for_a_bad_value_leaves_its_folder_free_for_the_fix(cub_root, make_cfg):
+    """A failed record without checkpoints holds nothing to resume or protect."""
+    bad = make_cfg(tiny(cub_root) + ["model.fixed_scale=1.5"])
+    with pytest.raises(ConfigError, match="model.fixed_scale=1.5"):
+        train(bad)
+    run_dir = Path(bad.paths.output_dir)
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "failed"
+    fixed = train(make_cfg(tiny(cub_root)))
+    assert fixed["status"] == "finished"
+    assert json.loads((run_dir / "run_config.json").read_text())["model.fixed_scale"] == 0.5
+
+
+def test_resuming_waits_while_the_killed_runs_wandb_process_holds_the_id(monkeypatch):
+    """After a SIGKILL, W&B's service can keep the run id for a while ("is in use")."""
+    from stnrepro import tracking
+
+    class Logger:
+        calls = 0
+
+        @property
+        def experiment(self):
+            Logger.calls += 1
+            if Logger.calls < 3:
+                raise RuntimeError("run ID af28a287cba2 is in use")
+            return object()
+
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    tracking._start_run(Logger())
+    assert Logger.calls == 3
+    Logger.calls = -(10**9)  # never released: the wait ends with the error
+    monkeypatch.setattr(tracking, "RUN_ID_WAIT_S", 0.0)
+    with pytest.raises(RuntimeError, match="is in use"):
+        tracking._start_run(Logger())

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import platform
 import shutil
+import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,9 +36,10 @@ FIELDS = {
 
 
 @pytest.fixture
-def torch_threads():
-    """Restore torch's thread count: set_num_threads is process-wide."""
+def torch_threads(monkeypatch):
+    """Restore torch's thread count and OMP_NUM_THREADS: both are process-wide."""
     before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # restored after the test
     yield
     torch.set_num_threads(before)
 
@@ -79,6 +82,7 @@ def test_bad_threads_is_one_line_naming_the_key(cub_root, make_cfg, value):
 def test_threads_null_keeps_torchs_default(torch_threads):
     assert provenance.set_threads(None) == torch.get_num_threads()
     assert provenance.set_threads(1) == 1 == torch.get_num_threads()
+    assert os.environ["OMP_NUM_THREADS"] == "1"  # else Lightning's DDP launcher resets it
 
 
 def test_demo_fixes_two_threads(make_cfg):
@@ -92,10 +96,13 @@ def test_git_state_outside_a_checkout_is_null(monkeypatch, tmp_path):
 
 
 def test_git_state_in_this_checkout(tmp_path):
-    if shutil.which("git") is None or provenance.git_state()["commit"] is None:
-        pytest.skip("package not in a git checkout")
+    here = Path(provenance.__file__).parent
+    head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    if shutil.which("git") is None or head.returncode != 0:
+        pytest.skip("the package is not in a git checkout (an installed wheel)")
     state = provenance.git_state()
-    assert len(state["commit"]) == 40 and isinstance(state["dirty"], bool)
+    assert state["commit"] == head.stdout.strip() and isinstance(state["dirty"], bool)
 
 
 def _synth(tmp_path: Path, gen_seed: int) -> SynthBirdsDataModule:

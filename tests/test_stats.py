@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -149,7 +150,9 @@ def test_predictions_round_trip(tmp_path: Path) -> None:
         "5,1,1,1,1",
         "9,3,3,1,1",
     ]
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # readable by others
     assert [p.name for p in tmp_path.iterdir()] == ["predictions.csv"]  # no temp file left
     back = read_predictions(path)
     assert back.source == str(path)
@@ -158,14 +161,17 @@ def test_predictions_round_trip(tmp_path: Path) -> None:
     assert back.accuracy == pytest.approx(2 / 3)
 
 
-def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
+def test_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "predictions.csv"
     write_predictions(path, right_on(1, n=2))
     before = path.read_text()
-    broken = right_on(1, n=2)
-    object.__setattr__(broken, "pred", None)  # fails mid-write
-    with pytest.raises(AttributeError):
-        write_predictions(path, broken)
+
+    def full_disk(fd: int) -> None:  # the new file is written, then syncing it fails
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_predictions(path, right_on(0, n=2))
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["predictions.csv"]
 

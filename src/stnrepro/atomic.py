@@ -17,9 +17,14 @@ from pathlib import Path
 
 
 def file_mode() -> int:
-    """0666 less the process umask (``os.umask`` can only be read by setting it back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
+    """0666 less the process umask: read from /proc on Linux, since ``os.umask`` can only
+    be read by setting it, which races with threads (W&B's) creating files meanwhile."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        mask = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
     return 0o666 & ~mask
 
 

@@ -40,7 +40,8 @@ HOLDER_NAME = ".stnrepro.holder"
 NOT_RUN_DEFINING: dict[str, str] = {
     "paths": "where data and outputs live, not what is computed",
     "logger": "where metrics are sent (W&B, CSV or none)",
-    "callbacks": "checkpoint files, LR logging and attention figures (drawn on a forked RNG)",
+    "callbacks": "checkpoint files, LR logging and attention figures (drawn on a forked RNG); "
+    "except which checkpoint counts as best (below), which test_ckpt=best tests",
     "ckpt_path": "how to resume, not what is trained",
     "tags": "labels for the dashboard",
     "task_name": "the name of the output folder",
@@ -57,7 +58,13 @@ NOT_RUN_DEFINING: dict[str, str] = {
 }
 
 
+# Keys under a non-defining prefix that still define the run.
+DEFINING_AFTER_ALL = ("callbacks.best_checkpoint.monitor", "callbacks.best_checkpoint.mode")
+
+
 def _not_defining(key: str) -> bool:
+    if key in DEFINING_AFTER_ALL:
+        return False
     return any(key == k or key.startswith(k + ".") for k in NOT_RUN_DEFINING)
 
 
@@ -109,9 +116,13 @@ def load_definition(output_dir: Path) -> dict[str, Any] | None:
 def check_same_run(output_dir: Path, definition: Mapping[str, Any]) -> bool:
     """True when ``output_dir`` already holds this run; raise when it holds another one.
 
-    A folder with a record or checkpoint but no ``run_config.json`` (made by an older
-    version) cannot be compared and is refused too: it might be another run.
+    A run that failed before its first checkpoint (a bad value, a missing file) left nothing
+    to resume or protect: its folder is free for the corrected command. A folder with a
+    record or checkpoint but no ``run_config.json`` (made by an older version) cannot be
+    compared and is refused: it might be another run.
     """
+    if _failed_before_training(output_dir):
+        return False
     old = load_definition(output_dir)
     if old is None:
         leftovers = [p for p in ("metrics.json", "checkpoints") if (output_dir / p).exists()]
@@ -130,6 +141,17 @@ def check_same_run(output_dir: Path, definition: Mapping[str, Any]) -> bool:
             "hydra.sweep.dir=...), or delete this one to start over"
         )
     return True
+
+
+def _failed_before_training(output_dir: Path) -> bool:
+    checkpoints = output_dir / "checkpoints"
+    if checkpoints.exists() and any(checkpoints.iterdir()):
+        return False
+    try:
+        record = json.loads((output_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("status") == "failed"
 
 
 def save_definition(output_dir: Path, definition: Mapping[str, Any]) -> None:

@@ -15,6 +15,7 @@ is regenerable on a machine with fewer cores.
 from __future__ import annotations
 
 import importlib
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -44,6 +45,8 @@ def set_threads(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"threads={value!r}: expected a positive integer or null")
         torch.set_num_threads(value)
+        # Lightning's DDP launcher resets torch's count inside fit unless this is set.
+        os.environ["OMP_NUM_THREADS"] = str(value)
     return torch.get_num_threads()
 
 

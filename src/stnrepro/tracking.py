@@ -12,6 +12,7 @@ import logging
 import netrc
 import os
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -103,8 +104,32 @@ def build_logger(cfg: DictConfig, output_dir: Path, name: str) -> Logger | None:
         }
     logger = build(cfg.logger, "logger", **kwargs)
     if target.endswith("WandbLogger"):
+        _start_run(logger)
         define_summaries(logger)
     return logger
+
+
+# How long a resumed run waits for W&B to release its run id (see _start_run).
+RUN_ID_WAIT_S = 120.0
+
+
+def _start_run(logger: Logger) -> None:
+    """Start (or resume) the W&B run, waiting while its id is still held.
+
+    After a SIGKILL the killed run's W&B service process can outlive it for a while and
+    keep the run id: resuming at once then fails with "run ID ... is in use". The id is
+    released when that process notices; until then the start is retried.
+    """
+    deadline = time.monotonic() + RUN_ID_WAIT_S
+    while True:
+        try:
+            logger.experiment  # noqa: B018 - creates the run (rank 0; a stand-in elsewhere)
+            return
+        except Exception as exc:
+            if "is in use" not in str(exc) or time.monotonic() > deadline:
+                raise
+            log.info("W&B run id still held by the interrupted run's process; waiting")
+            time.sleep(2.0)
 
 
 # Run-table summaries: the best validation accuracy over epochs, the final test accuracy.

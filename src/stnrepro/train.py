@@ -18,6 +18,7 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger
 
@@ -119,12 +120,15 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any])
         callbacks = build_callbacks(cfg, logger is not None, datamodule.has_val)
         callbacks.append(RNGStateCallback())
         limit_val = {} if datamodule.has_val else {"limit_val_batches": 0}
+        # Our checkpoint writer joins the plugins the config asks for (e.g. a SLURM
+        # environment), which a plain plugins= argument would replace.
+        plugins = [*build(cfg.trainer.get("plugins") or [], "trainer.plugins")]
         trainer = build(
             cfg.trainer,
             "trainer",
             callbacks=callbacks,
             logger=logger or False,
-            plugins=[AtomicCheckpointIO()],
+            plugins=[*plugins, AtomicCheckpointIO()],
             **limit_val,
         )
         check_distributed(cfg, trainer)
@@ -132,6 +136,8 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any])
         if resume_from:
             log.info("resuming from %s", resume_from)
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+        # What training ran with: Lightning's DDP launcher may set the count inside fit.
+        record.data["provenance"]["threads"] = torch.get_num_threads()
         record.update_metrics(_metrics(trainer))
         if cfg.get("test"):
             ckpt = "best" if cfg.test_ckpt == "best" and datamodule.has_val else None

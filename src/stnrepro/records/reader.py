@@ -128,6 +128,9 @@ def _created_at(run: Any) -> str | None:
     return None if created is None else str(created)
 
 
+TABLE_JOB_TYPE = "table"  # stn-table --wandb-log's runs in a sweep's group
+
+
 def load_wandb_records(entity_project: str, group: str) -> list[RunRecord]:
     """All runs of a W&B group, converted (needs network access and a W&B login)."""
     if entity_project.count("/") != 1 or not all(entity_project.split("/")):
@@ -136,7 +139,8 @@ def load_wandb_records(entity_project: str, group: str) -> list[RunRecord]:
 
     try:
         runs: Iterable[Any] = wandb.Api().runs(entity_project, filters={"group": group})
-        records = [record_from_wandb_run(run) for run in runs]
+        # The group also holds stn-table --wandb-log's own runs (job_type "table").
+        records = [record_from_wandb_run(r) for r in runs if r.job_type != TABLE_JOB_TYPE]
     except RecordError:
         raise
     except Exception as exc:  # network/auth errors become one line, not a traceback

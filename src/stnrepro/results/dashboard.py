@@ -9,13 +9,13 @@ training run, to upload later with ``wandb sync``.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from stnrepro.records.reader import TABLE_JOB_TYPE as JOB_TYPE
 from stnrepro.results.csv_rows import claims_csv_rows, csv_rows
 from stnrepro.results.model import TableData
-
-JOB_TYPE = "table"
 
 
 def log_table(
@@ -52,7 +52,8 @@ def log_table(
             if path.suffix == ".png":
                 data["plot"] = wandb.Image(str(path))
         run.log(data)
-        artifact = wandb.Artifact(name, type=JOB_TYPE)
+        # W&B names allow letters, digits, "-", "_" and "." only (--split-by names have "=").
+        artifact = wandb.Artifact(re.sub(r"[^A-Za-z0-9_.-]", "_", name), type=JOB_TYPE)
         for path in paths:
             artifact.add_file(str(path))
         run.log_artifact(artifact)

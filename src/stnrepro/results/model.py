@@ -146,8 +146,10 @@ class Claim:
 
 
 def _short(row: TableRow) -> str:
+    """A cell without runs of ours has no input size of ours: the paper's names it."""
     model = "CNN" if not row.num_transformers else f"{row.num_transformers}xST"
-    return f"{model} {row.image_size}"
+    size = row.image_size if row.image_size is not None else row.paper_image_size
+    return f"{model} {size}"
 
 
 @dataclass(frozen=True)
