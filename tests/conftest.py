@@ -17,6 +17,17 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
 
 
+@pytest.fixture(autouse=True)
+def _own_wandb_service(monkeypatch):
+    """Subprocesses start their own W&B service, as a user's commands do.
+
+    In-process W&B runs (earlier tests) leave WANDB_SERVICE in the environment; a child
+    inheriting it registers its runs with this process's service, which outlives a killed
+    child and keeps its run id "in use" until pytest exits.
+    """
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+
+
 def compose_train(
     overrides: list[str], output_dir: Path, data_dir: Path | None = None
 ) -> DictConfig:
