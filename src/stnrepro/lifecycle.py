@@ -29,6 +29,7 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
 from stnrepro.errors import ConfigError
+from stnrepro.records.schema import RECORD_FILENAME
 from stnrepro.records.writer import write_json_atomic
 
 DEFINITION_NAME = "run_config.json"
@@ -125,7 +126,7 @@ def check_same_run(output_dir: Path, definition: Mapping[str, Any]) -> bool:
         return False
     old = load_definition(output_dir)
     if old is None:
-        leftovers = [p for p in ("metrics.json", "checkpoints") if (output_dir / p).exists()]
+        leftovers = [p for p in (RECORD_FILENAME, "checkpoints") if (output_dir / p).exists()]
         if leftovers:
             raise ConfigError(
                 f"{output_dir}: holds a run ({', '.join(leftovers)}) without {DEFINITION_NAME}, "
@@ -143,15 +144,20 @@ def check_same_run(output_dir: Path, definition: Mapping[str, Any]) -> bool:
     return True
 
 
+def recorded(output_dir: Path) -> dict[str, Any] | None:
+    """The folder's run record (``metrics.json``) as written, or None if there is none."""
+    try:
+        record = json.loads((output_dir / RECORD_FILENAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def _failed_before_training(output_dir: Path) -> bool:
     checkpoints = output_dir / "checkpoints"
     if checkpoints.exists() and any(checkpoints.iterdir()):
         return False
-    try:
-        record = json.loads((output_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and record.get("status") == "failed"
+    return (recorded(output_dir) or {}).get("status") == "failed"
 
 
 def save_definition(output_dir: Path, definition: Mapping[str, Any]) -> None:

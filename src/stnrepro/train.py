@@ -9,7 +9,6 @@ goes on with the next job.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from contextlib import nullcontext
@@ -33,7 +32,13 @@ from stnrepro.building import (
 from stnrepro.checkpoint_io import AtomicCheckpointIO
 from stnrepro.config import CONFIG_NAME, CONFIG_PATH
 from stnrepro.errors import StnreproError, one_line
-from stnrepro.lifecycle import check_same_run, hold_output_dir, run_definition, save_definition
+from stnrepro.lifecycle import (
+    check_same_run,
+    hold_output_dir,
+    recorded,
+    run_definition,
+    save_definition,
+)
 from stnrepro.records.schema import PREDICTIONS_FILENAME, RECORD_FILENAME
 from stnrepro.records.writer import RecordWriter, table_cell
 from stnrepro.reproducibility import RNGStateCallback, resolve_ckpt_path
@@ -67,8 +72,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     with hold_output_dir(output_dir) if is_rank_zero() else nullcontext():
         definition = run_definition(cfg)
         if check_same_run(output_dir, definition):
-            finished = _finished_record(output_dir)
-            if finished is not None:
+            finished = recorded(output_dir)
+            if finished is not None and finished.get("status") == "finished":
                 log.info(
                     "run %s already finished; nothing to do. Its record: %s",
                     finished.get("run_name"),
@@ -76,15 +81,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 )
                 return finished
         return _fit_and_test(cfg, output_dir, definition)
-
-
-def _finished_record(output_dir: Path) -> dict[str, Any] | None:
-    path = output_dir / RECORD_FILENAME
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("status") == "finished" else None
 
 
 def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any]) -> dict[str, Any]:
