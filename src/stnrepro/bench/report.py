@@ -146,22 +146,22 @@ def _targets(b: Benchmark) -> list[str]:
         for mode in ("model", "e2e"):
             r = b.find(backbone, cell, s.best.name, mode)
             naive = b.find(backbone, cell, NAIVE, mode)
-            if r is None or naive is None or r.img_s is None or not naive.img_s:
-                verdict = "not measured"
-            else:
-                ratio = r.img_s / naive.img_s
-                verdict = f"{ratio:.2f}x: " + ("PASS" if ratio >= target else "FAIL")
+            verdict = _verdict(r, naive, target, "{:.2f}x")
             lines.append(f"- {CELL_TITLES[cell]} {mode}: >= {target}x naive -> {verdict}")
     for cell in s.cells:
         r = b.find(backbone, cell, s.best.name, "e2e")
         m = b.find(backbone, cell, s.best.name, "model")
-        if r is None or m is None or r.img_s is None or not m.img_s:
-            verdict = "not measured"
-        else:
-            ratio = r.img_s / m.img_s
-            verdict = f"{ratio:.0%}: " + ("PASS" if ratio >= E2E_TARGET else "FAIL")
+        verdict = _verdict(r, m, E2E_TARGET, "{:.0%}")
         lines.append(f"- {CELL_TITLES[cell]} e2e >= {E2E_TARGET:.0%} of model-only -> {verdict}")
     return [*lines, ""]
+
+
+def _verdict(result: Result | None, base: Result | None, target: float, shown: str) -> str:
+    """``<ratio>: PASS|FAIL`` of ``result`` over ``base`` img/s against ``target``."""
+    if result is None or base is None or result.img_s is None or not base.img_s:
+        return "not measured"
+    ratio = result.img_s / base.img_s
+    return shown.format(ratio) + ": " + ("PASS" if ratio >= target else "FAIL")
 
 
 def _ablation(b: Benchmark) -> list[str]:
