@@ -28,7 +28,6 @@ from stnrepro.results.model import TableError
 from stnrepro.results.render import default_table_name, print_table, write_table
 
 PROG = "stn-table"
-DEFAULT_PROJECT = "stnrepro"  # --wandb-log's project when the runs name none
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _default_project() -> str:
+    """--wandb-log's project when the runs name none: the logger config's default."""
+    from stnrepro.config import compose_config  # deferred: imports Hydra
+
+    return str(compose_config(["logger=wandb"]).logger.project)
+
+
 def _wandb_target(
     args: argparse.Namespace, records: Sequence[RunRecord]
 ) -> tuple[str | None, str, str | None]:
@@ -88,7 +94,7 @@ def _wandb_target(
     else:
         entity = None
         projects = sorted({str(p) for lg in loggers if (p := lg.get("project"))})
-        project = projects[0] if len(projects) == 1 else DEFAULT_PROJECT
+        project = projects[0] if len(projects) == 1 else _default_project()
     groups = sorted({str(g) for lg in loggers if (g := lg.get("group"))})
     group = args.group or (groups[0] if len(groups) == 1 else None)
     return entity, project, group
