@@ -12,7 +12,6 @@ import csv
 import io
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 from tabulate import SEPARATING_LINE, DataRow, Line, TableFormat, tabulate
 
-from stnrepro.atomic import file_mode
+from stnrepro.atomic import temp_path
 from stnrepro.results.csv_rows import CsvValue, claims_csv_rows, csv_rows
 from stnrepro.results.layout import (
     EXTRA_TITLE,
@@ -396,13 +395,13 @@ def write_table(table: TableData, out_dir: str | os.PathLike[str], name: str) ->
     try:
         out.mkdir(parents=True, exist_ok=True)
         for suffix in (*texts, ".png"):
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}{suffix}.", suffix=".tmp", dir=out)
-            os.close(fd)
-            temps[suffix] = Path(tmp)
+            # Plain files in the folder (their mode is open()'s, readable by others); all
+            # of them are renamed into place only once every one is written.
+            tmp = temps[suffix] = temp_path(out / f"{name}{suffix}")
             if suffix == ".png":
                 render_plot(table, tmp)
             else:
-                Path(tmp).write_text(texts[suffix], encoding="utf-8", newline="\n")
+                tmp.write_text(texts[suffix], encoding="utf-8", newline="\n")
     except BaseException as exc:
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)
@@ -417,7 +416,6 @@ def write_table(table: TableData, out_dir: str | os.PathLike[str], name: str) ->
     paths = []
     for suffix, tmp in temps.items():
         final = out / f"{name}{suffix}"
-        os.chmod(tmp, file_mode())
         os.replace(tmp, final)
         paths.append(final)
     return paths
