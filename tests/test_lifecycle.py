@@ -13,7 +13,8 @@ from cub_fixture import write_tiny_cub
 from filelock import FileLock
 
 from stnrepro.errors import ConfigError
-from stnrepro.lifecycle import HOLDER_NAME, LOCK_NAME, run_definition
+from stnrepro.records.definition import run_definition
+from stnrepro.run.folder import HOLDER_NAME, LOCK_NAME
 from stnrepro.train import train
 
 
@@ -149,7 +150,7 @@ def test_a_run_refused_for_a_bad_value_leaves_its_folder_free_for_the_fix(cub_ro
 
 def test_resuming_waits_while_the_killed_runs_wandb_process_holds_the_id(monkeypatch):
     """After a SIGKILL, W&B's service can keep the run id for a while ("is in use")."""
-    from stnrepro import tracking
+    from stnrepro.run import tracking
 
     class Logger:
         calls = 0

@@ -2,7 +2,7 @@
 
 Each measurement composes its configuration with :func:`stnrepro.config.compose_config`
 (cell experiment + lever + run settings as overrides), validates it with
-:func:`stnrepro.building.validate_config` and instantiates the model and trainer from it.
+:func:`stnrepro.run.checks.validate_config` and instantiates the model and trainer from it.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from stnrepro.bench.cells import (
     parse_lever,
 )  # fmt: skip
 from stnrepro.bench.environment import environment
-from stnrepro.building import validate_config
 from stnrepro.config import compose_config
+from stnrepro.run.checks import validate_config
 
 
 @dataclass
