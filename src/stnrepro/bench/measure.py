@@ -29,8 +29,6 @@ from stnrepro.lightning.module import STCNNModule
 from stnrepro.models.samplers import SAMPLERS, sample_crops
 from stnrepro.run.build import build_datamodule
 
-PREFETCH_FACTOR = 2  # torch DataLoader default, used by CUBDataModule
-
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
