@@ -87,6 +87,18 @@ def test_a_folder_from_an_older_version_is_refused_not_mixed(cub_root, make_cfg)
         train(cfg)
 
 
+def test_a_finished_folder_written_before_the_regroup_is_still_this_run(cub_root, make_cfg):
+    """Its run_config.json names the old module paths; it is the same run, not another."""
+    cfg = make_cfg(tiny(cub_root))
+    first = train(cfg)
+    path = Path(cfg.paths.output_dir) / "run_config.json"
+    definition = json.loads(path.read_text())
+    assert definition["model._target_"] == "stnrepro.lightning.module.STCNNModule"
+    definition["model._target_"] = "stnrepro.module.STCNNModule"  # as the old layout wrote it
+    path.write_text(json.dumps(definition))
+    assert train(make_cfg(tiny(cub_root))) == first  # finished: nothing to do, not refused
+
+
 def test_keys_that_cannot_change_results_do_not_define_the_run(cub_root, make_cfg):
     base = run_definition(make_cfg(tiny(cub_root)))
     other = run_definition(
