@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -39,9 +40,12 @@ def write_run(
     label = ids % 7
     pred = np.where(ids <= n_correct, label, (label + 1) % 7)
     if predictions:
-        write_predictions(run / "predictions.csv", Predictions(ids, label, pred, ids <= n_correct,
-                                                               ids <= n_correct))  # fmt: skip
+        record["predictions_sha256"] = write_predictions(
+            run / "predictions.csv",
+            Predictions(ids, label, pred, ids <= n_correct, ids <= n_correct),
+        )
         record["predictions"] = "predictions.csv"
+        record["test_images"] = N_IMAGES
     (run / "metrics.json").write_text(json.dumps(record))
     return run
 
@@ -96,8 +100,8 @@ def test_run_without_predictions_is_named_and_still_counted(claim_runs: Path) ->
     table = aggregate(load_records(claim_runs))
     md = render_markdown(table)
     assert (
-        "- No predictions.csv, so in mean ± std but not in the 95% CI or the claims: CNN-448-s0"
-        in md
+        "- No predictions.csv its record can vouch for (none, or a record without its sha256), "
+        "so in mean ± std but not in the 95% CI or the claims: CNN-448-s0" in md
     )
     assert "- Left out of the paired statistics (no predictions.csv): CNN-448-s0" in md
     row = next(r for r in table.rows if r.image_size == 448 and r.num_transformers == 0)
@@ -220,3 +224,96 @@ def test_a_claim_whose_cell_has_no_runs_is_named_by_the_papers_size(tmp_path: Pa
     assert "2xST 448 over 2xST 224" in claims and "4xST 448 over CNN 224" in claims
     assert not any("None" in label for label in claims)
     assert claims["2xST 448 over 2xST 224"][4] == ""  # no difference of ours to show
+
+
+def _table_error(root: Path, capsys) -> str:
+    """stn-table on ``root``: exit 2, one ``error:`` line (returned), nothing written."""
+    out = root.parent / "out"
+    assert cli.main(["--runs", str(root), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("stn-table: error: "), err
+    assert not out.exists()
+    return err
+
+
+def _rewrite(run: Path, rows: list[str], **record_changes: object) -> None:
+    """Replace a run's predictions.csv by ``rows`` (header first), updating what the record
+    says of the file (its sha256 and image count) unless ``record_changes`` says otherwise."""
+    data = ("\n".join(rows) + "\n").encode()
+    (run / "predictions.csv").write_bytes(data)
+    record = json.loads((run / "metrics.json").read_text())
+    record.update(predictions_sha256=hashlib.sha256(data).hexdigest(), test_images=len(rows) - 1)
+    record.update(record_changes)
+    (run / "metrics.json").write_text(json.dumps(record))
+
+
+def test_a_predictions_file_replaced_after_the_run_is_refused(claim_runs, capsys):
+    run = claim_runs / "0st-224-s0"
+    lines = (run / "predictions.csv").read_text().splitlines()
+    all_right = [lines[0]] + [f"{i},1,1,1,1" for i in range(1, N_IMAGES + 1)]
+    (run / "predictions.csv").write_text("\n".join(all_right) + "\n")
+    err = _table_error(claim_runs, capsys)
+    assert f"{run / 'predictions.csv'}: sha256" in err and "changed or replaced" in err
+
+
+def test_predictions_with_fewer_rows_than_the_record_scored_are_refused(claim_runs, capsys):
+    run = claim_runs / "0st-224-s0"
+    lines = (run / "predictions.csv").read_text().splitlines()
+    _rewrite(run, lines[:181], test_images=N_IMAGES)  # the hash fits, the count does not
+    err = _table_error(claim_runs, capsys)
+    assert f"{run / 'predictions.csv'}: 180 rows" in err and f"scored {N_IMAGES}" in err
+
+
+def test_predictions_that_disagree_with_the_records_accuracy_are_refused(claim_runs, capsys):
+    run = claim_runs / "0st-224-s0"
+    header = (run / "predictions.csv").read_text().splitlines()[0]
+    _rewrite(run, [header] + [f"{i},1,1,1,1" for i in range(1, N_IMAGES + 1)])
+    err = _table_error(claim_runs, capsys)
+    assert f"{N_IMAGES} of {N_IMAGES} correct" in err and "test/acc 50.00%" in err
+
+
+@pytest.mark.parametrize("where", ["../0st-224-s1/predictions.csv", "/etc/passwd", "p.csv"])
+def test_a_record_cannot_point_at_another_predictions_file(claim_runs, capsys, where):
+    path = claim_runs / "0st-224-s0" / "metrics.json"
+    record = json.loads(path.read_text())
+    record["predictions"] = where
+    path.write_text(json.dumps(record))
+    err = _table_error(claim_runs, capsys)
+    assert f"{path}: key 'predictions' must be 'predictions.csv'" in err and repr(where) in err
+
+
+def test_a_linked_predictions_file_is_not_followed(claim_runs, capsys):
+    run = claim_runs / "0st-224-s0"
+    (run / "predictions.csv").unlink()
+    (run / "predictions.csv").symlink_to(claim_runs / "0st-224-s1" / "predictions.csv")
+    assert "a link; expected the run's own file" in _table_error(claim_runs, capsys)
+
+
+def test_predictions_that_are_not_utf8_are_one_line(claim_runs, capsys):
+    run = claim_runs / "0st-224-s0"
+    data = (run / "predictions.csv").read_bytes() + b"\xff\xfe\n"
+    (run / "predictions.csv").write_bytes(data)
+    record = json.loads((run / "metrics.json").read_text())
+    record["predictions_sha256"] = hashlib.sha256(data).hexdigest()
+    (run / "metrics.json").write_text(json.dumps(record))
+    assert "not UTF-8 text" in _table_error(claim_runs, capsys)
+
+
+def test_a_record_without_the_files_sha256_is_counted_but_not_trusted(claim_runs):
+    """Records written before the sha256 was kept: in mean ± std, not in the intervals."""
+    path = claim_runs / "0st-224-s0" / "metrics.json"
+    record = json.loads(path.read_text())
+    del record["predictions_sha256"]
+    path.write_text(json.dumps(record))
+    table = aggregate(load_records(claim_runs))
+    cnn = next(r for r in table.rows if r.num_transformers == 0 and r.image_size == 224)
+    assert cnn.stats.n == 2 and cnn.stats.missing == ("CNN-224-s0",)
+
+
+def test_a_metric_too_large_for_a_float_is_one_line(claim_runs, capsys):
+    path = claim_runs / "0st-224-s0" / "metrics.json"
+    text = path.read_text().replace('"test/acc": 0.5', '"test/acc": 1' + "0" * 400)
+    assert text != path.read_text()
+    path.write_text(text)
+    err = _table_error(claim_runs, capsys)
+    assert "key 'metrics.test/acc' is an integer of 401 digits" in err

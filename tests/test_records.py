@@ -18,7 +18,7 @@ from stnrepro.records.writer import RecordWriter, table_cell
 TOP_LEVEL_KEYS = [
     "schema_version", "status", "error", "run_name", "started_at", "finished_at", "cell",
     "metrics", "logger", "epochs", "wall_time_s", "output_dir", "config", "provenance",
-    "predictions",
+    "predictions", "predictions_sha256", "test_images",
 ]  # fmt: skip
 CELL_ORDER = [
     "dataset", "backbone", "pretrained", "image_size", "crop_size", "num_transformers",

@@ -176,7 +176,8 @@ of a seed)
 CPU Intel(R) Xeon(R) Platinum 8480+ (AVX512), 2 threads, fp32; data cub index ab12cd34
 - 95% CI: percentile bootstrap over seeds and test images together, from each run's per-image \
 predictions (predictions.csv); — where no run of the row has them
-- No predictions.csv, so in mean ± std but not in the 95% CI or the claims: CNN-224-s0, \
+- No predictions.csv its record can vouch for (none, or a record without its sha256), so in \
+mean ± std but not in the 95% CI or the claims: CNN-224-s0, \
 CNN-224-s1, 2xST-224-s0, 2xST-224-s1, CNN-448-s0, 4xST-224-s0
 - Paper top-1: one run each on 5,794 test images, which resolves about ±0.9–1.0 pp at 95% \
 (binomial), before any seed-to-seed spread

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -186,6 +187,12 @@ def test_short_cpu_run_writes_predictions_matching_its_test_acc(cub_root, make_c
         if line.split()[1] == "0"
     ]
     assert predictions.image_id.tolist() == sorted(test_ids)
+    # The record vouches for the file: its sha256 and the number of images it scores.
+    assert (
+        record["predictions_sha256"]
+        == hashlib.sha256((out / "predictions.csv").read_bytes()).hexdigest()
+    )
+    assert record["test_images"] == len(test_ids)
     assert predictions.accuracy == pytest.approx(record["metrics"]["test/acc"], abs=1e-6)
     assert predictions.correct_top5.all()  # 3 classes: the label is always in the top 5
     (run_file,) = out.glob("wandb/offline-run-*/run-*.wandb")

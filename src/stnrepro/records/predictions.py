@@ -15,6 +15,7 @@ five highest scores. The run writes the file (atomically) after its test; reader
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,21 +71,36 @@ class Predictions:
         return float(self.correct.mean())
 
 
-def write_predictions(path: str | Path, predictions: Predictions) -> None:
-    """Write ``predictions.csv`` whole or not at all (``stnrepro.utils.atomic``)."""
+def write_predictions(path: str | Path, predictions: Predictions) -> str:
+    """Write ``predictions.csv`` whole or not at all (``stnrepro.utils.atomic``).
+
+    Returns the sha256 of the bytes written, which the run's record keeps so that a reader
+    can tell the file is the one the run wrote.
+    """
     text = io.StringIO(newline="")
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(COLUMNS)
     columns = [getattr(predictions, name).astype(np.int64).tolist() for name in COLUMNS]
     writer.writerows(zip(*columns, strict=True))
-    write_atomic(path, text.getvalue())
+    data = text.getvalue().encode("utf-8")
+    write_atomic(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
-def read_predictions(path: str | Path) -> Predictions:
-    """Read ``predictions.csv``; bad input raises DataError ``path:line: ... expected ...``."""
+def read_predictions(path: str | Path, data: bytes | None = None) -> Predictions:
+    """Read ``predictions.csv`` (or its bytes ``data``, already read from ``path``); bad input
+    raises DataError ``path:line: ... expected ...``."""
     path = Path(path)
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}): expected a CSV file") from None
+    rows = list(csv.reader(io.StringIO(text, newline="")))
     if not rows or tuple(c.strip() for c in rows[0]) != COLUMNS:
         got = ",".join(rows[0]) if rows else "an empty file"
         raise DataError(f"{path}:1: expected header {','.join(COLUMNS)!r}, got {got!r}")

@@ -19,8 +19,11 @@ Schema (version 1)::
     cell            the fields of RunCell, in that order (crop_size and transform optional)
     metrics         {name: number | null}                (accuracies are fractions in [0, 1])
     logger, epochs, wall_time_s, output_dir              optional, type-checked when present
-    predictions     str | null (optional)                the per-image test predictions file
-                                                         next to metrics.json (null: no test)
+    predictions     "predictions.csv" | null (optional)  the per-image test predictions file,
+                                                         always the one next to metrics.json
+                                                         (null: no test); no other name or path
+    predictions_sha256  str | null (optional)            sha256 of that file as the run wrote it
+    test_images     int | null (optional)                test images scored = rows of that file
     config          {dotted.key: value} | null           optional: the run definition
                                                          (``stnrepro.records.definition``)
     provenance      object | null                        optional: code, libraries, machine,
@@ -36,6 +39,7 @@ config key it is read from, its type and its minimum.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -120,6 +124,8 @@ class RunRecord:
     wall_time_s: float | None = None
     output_dir: str | None = None
     predictions: str | None = None
+    predictions_sha256: str | None = None
+    test_images: int | None = None
     schema_version: int = SCHEMA_VERSION
     # The run definition: the record's ``config``, or else (W&B) the run's logged config.
     config: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
@@ -212,6 +218,25 @@ def _get_timestamp(data: Mapping[str, Any], key: str, source: str) -> str | None
     return value
 
 
+def _get_predictions_name(data: Mapping[str, Any], source: str) -> str | None:
+    """The record's ``predictions``: the fixed file name next to it, never a path elsewhere."""
+    value = _get(data, "predictions", "str", source, required=False)
+    if value is not None and value != PREDICTIONS_FILENAME:
+        raise fail(
+            source,
+            f"key 'predictions' must be {PREDICTIONS_FILENAME!r} (the file next to the record) "
+            f"or null, got {value!r}",
+        )
+    return value
+
+
+def _get_sha256(data: Mapping[str, Any], source: str) -> str | None:
+    value = _get(data, "predictions_sha256", "str", source, required=False)
+    if value is not None and not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise fail(source, f"key 'predictions_sha256' must be 64 hex digits, got {value!r}")
+    return value
+
+
 def _parse_cell(raw: Mapping[str, Any], source: str) -> RunCell:
     values: dict[str, Any] = {}
     for key in CELL_KEYS:
@@ -233,8 +258,19 @@ def _parse_metrics(raw: Mapping[str, Any], source: str) -> dict[str, float | Non
                 f"metric 'metrics.{name}' must be a number or null, "
                 f"got {value!r} ({_type_name(value)})",
             )
-        metrics[str(name)] = None if value is None else float(value)
+        metrics[str(name)] = None if value is None else _as_float(value, f"metrics.{name}", source)
     return metrics
+
+
+def _as_float(value: int | float, key: str, source: str) -> float:
+    """A JSON number as a float; an integer too large for one (``1`` and 400 zeros) is refused."""
+    try:
+        return float(value)
+    except OverflowError:
+        digits = len(str(abs(int(value))))
+        raise fail(
+            source, f"key '{key}' is an integer of {digits} digits: too large for a number"
+        ) from None
 
 
 def _parse_record(data: Any, source: str, config: Mapping[str, Any] | None) -> RunRecord:
@@ -268,9 +304,11 @@ def _parse_record(data: Any, source: str, config: Mapping[str, Any] | None) -> R
         error=_get(data, "error", "str", source, required=False),
         logger=_get(data, "logger", "dict", source, required=False),
         epochs=_get(data, "epochs", "int", source, required=False),
-        wall_time_s=None if wall is None else float(wall),
+        wall_time_s=None if wall is None else _as_float(wall, "wall_time_s", source),
         output_dir=_get(data, "output_dir", "str", source, required=False),
-        predictions=_get(data, "predictions", "str", source, required=False),
+        predictions=_get_predictions_name(data, source),
+        predictions_sha256=_get_sha256(data, source),
+        test_images=_get(data, "test_images", "int", source, required=False),
         schema_version=version,
         config=current_names(_get(data, "config", "dict", source, required=False) or config or {})
         or None,

@@ -98,6 +98,8 @@ class RecordWriter:
             "config": config,
             "provenance": None,
             "predictions": None,  # the predictions file's name, next to metrics.json
+            "predictions_sha256": None,  # its sha256 as written
+            "test_images": None,  # the test images it scores (its rows)
         }
         self._t0 = datetime.now(timezone.utc)
 

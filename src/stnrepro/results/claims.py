@@ -1,7 +1,8 @@
 """How sure the table is: 95% intervals of its cells and the paper's claims, paired.
 
 Both come from the runs' per-image test predictions (``predictions.csv`` next to each
-``metrics.json``; ``stnrepro.results.stats``). A used run without that file (an older run,
+``metrics.json``; ``stnrepro.records.predictions``), each checked against its record
+(:func:`run_predictions`). A used run without a file that can be checked (an older run,
 or a record read from W&B, whose files are not fetched) still counts for mean ± std, is
 left out of the interval and the paired statistics, and is named in the table's notes.
 
@@ -15,9 +16,11 @@ verdict is on "B is better than A": ``confirmed`` (the whole interval above 0),
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
+from stnrepro.errors import DataError
 from stnrepro.records.predictions import Predictions, read_predictions
 from stnrepro.records.schema import PREDICTIONS_FILENAME, RECORD_FILENAME, RunRecord
 from stnrepro.results.model import GROUP_EXTRA, CellStats, Claim, TableRow
@@ -35,20 +38,52 @@ PREDICTION_METRICS = {"test/acc": False, "test/acc_top5": True}
 CLAIMS_METRIC = "test/acc"  # the paper's numbers are top-1 test accuracy
 
 
-def predictions_path(record: RunRecord) -> Path | None:
-    """Where a run's predictions would be: next to its ``metrics.json``; None for W&B."""
-    source = Path(record.source)
-    if source.name != RECORD_FILENAME or not source.is_file():
-        return None
-    return source.parent / (record.predictions or PREDICTIONS_FILENAME)
-
-
 def run_predictions(record: RunRecord) -> Predictions | None:
-    """The run's predictions, or None when it has none (bad files raise DataError)."""
-    path = predictions_path(record)
-    if path is None or not path.is_file():
+    """The run's predictions, checked against its record; None when it has none to check.
+
+    Only ``predictions.csv`` in the record's own folder is read (a record cannot point
+    elsewhere: the schema allows no other name, and a link is not followed). None for a
+    record from W&B (its files are not fetched), one without a test, one whose file is gone
+    and one written before records kept the file's sha256 (nothing to check it against):
+    such runs are named in the table's notes. A file that is not the one the run wrote
+    (another sha256), or that disagrees with its record on the number of test images or
+    the number it got right, is refused naming the file.
+    """
+    source = Path(record.source)
+    if source.name != RECORD_FILENAME or not source.is_file() or record.predictions is None:
         return None
-    return read_predictions(path)
+    path = source.parent / PREDICTIONS_FILENAME
+    if path.is_symlink():
+        raise DataError(f"{path}: a link; expected the run's own file next to {source.name}")
+    if not path.is_file() or record.predictions_sha256 is None:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != record.predictions_sha256:
+        raise DataError(
+            f"{path}: sha256 {digest[:12]}... is not the {record.predictions_sha256[:12]}... "
+            f"its record ({source}) wrote: the file was changed or replaced; restore it or "
+            "rerun the run"
+        )
+    predictions = read_predictions(path, data)
+    n = int(predictions.image_id.size)
+    if record.test_images is not None and n != record.test_images:
+        raise DataError(
+            f"{path}: {n} rows, but its record ({source}) scored {record.test_images} test "
+            "images: expected one row per test image"
+        )
+    accuracy = record.metrics.get("test/acc")
+    right = int(predictions.correct.sum())
+    if accuracy is not None and round(accuracy * n) != right:
+        raise DataError(
+            f"{path}: {right} of {n} correct ({100 * right / n:.2f}%), but its record "
+            f"({source}) says test/acc {100 * accuracy:.2f}%: expected the predictions of "
+            "the run's own test"
+        )
+    return predictions
 
 
 _Cache = dict[str, Predictions | None]

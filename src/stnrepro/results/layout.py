@@ -180,7 +180,8 @@ def interval_lines(table: TableData) -> list[str]:
     missing = missing_predictions(table)
     if missing:
         lines.append(
-            f"No predictions.csv, so in mean ± std but not in the 95% CI or the claims: "
+            f"No predictions.csv its record can vouch for (none, or a record without its "
+            "sha256), so in mean ± std but not in the 95% CI or the claims: "
             f"{', '.join(missing)}"
         )
     if table.compare_to_paper:

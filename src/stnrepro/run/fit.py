@@ -181,12 +181,13 @@ def _save_predictions(
     if columns is None:
         return
     record.data["predictions"] = PREDICTIONS_FILENAME
-    if not trainer.is_global_zero:
-        return
+    record.data["test_images"] = int(len(columns["image_id"]))
     path = output_dir / PREDICTIONS_FILENAME
     label, pred = columns["label"], columns["pred"]
     predictions = Predictions(
         columns["image_id"], label, pred, label == pred, columns["correct_top5"], source=str(path)
     )
-    write_predictions(path, predictions)
+    if not trainer.is_global_zero:
+        return
+    record.data["predictions_sha256"] = write_predictions(path, predictions)
     log_artifact(logger, path, "predictions")
