@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import errno
 import json
+import re
 import resource
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import compose_train
 from cub_fixture import write_tiny_cub
 from hydra.utils import get_class
 from omegaconf import DictConfig, open_dict
@@ -67,7 +69,7 @@ def test_last_ckpt_is_the_final_epoch_when_that_epoch_is_not_the_best(cub_root, 
 
 
 def test_runs_without_validation_still_save_last_ckpt(cub_root, make_cfg):
-    cfg = make_cfg(tiny(cub_root) + ["data.val_fraction=0", "test_ckpt=best"])
+    cfg = make_cfg(tiny(cub_root) + ["data.val_fraction=0", "test_ckpt=last"])
     assert train(cfg)["status"] == "finished"
     checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt"]
@@ -130,7 +132,7 @@ def test_truncated_checkpoint_is_refused_in_one_line(cub_root, make_cfg, tmp_pat
     with pytest.raises(ConfigError) as caught:
         train(cfg)
     message = str(caught.value)
-    assert "\n" not in message and message.startswith(f"{cut}: not a readable checkpoint")
+    assert "\n" not in message and message.startswith(f"ckpt_path={cut}: not a readable checkpoint")
     assert "delete it" in message and "ckpt_path=null" in message
     assert record_of(cfg)["status"] == "failed"
 
@@ -240,3 +242,114 @@ def test_a_full_disk_never_leaves_a_truncated_checkpoint(cub_root, make_cfg, sma
     checkpoints = sorted((disk / "run" / "checkpoints").iterdir())
     assert [p.name for p in checkpoints] == ["best-epoch000.ckpt"]  # no half file, no temp
     assert epoch_of(checkpoints[0]) == 0
+
+
+def test_testing_the_best_checkpoint_without_a_validation_set_is_refused(cub_root, make_cfg):
+    """It used to test the last weights while the record said best."""
+    cfg = make_cfg(tiny(cub_root) + ["data.val_fraction=0", "test_ckpt=best"])
+    with pytest.raises(ConfigError, match="test_ckpt=best with data.val_fraction=0"):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
+@pytest.fixture(scope="module")
+def seed0(cub_root, tmp_path_factory) -> Path:
+    """A finished one-epoch run with seed 0; its folder."""
+    run = tmp_path_factory.mktemp("seed0")
+    assert train(compose_train(tiny(cub_root, epochs=1), run))["status"] == "finished"
+    return run
+
+
+def test_a_checkpoint_of_another_run_is_refused_naming_the_keys(cub_root, seed0, tmp_path):
+    """Resuming seed 1 from seed 0's checkpoint made a 'seed 1' that was seed 0."""
+    last = seed0 / "checkpoints" / "last.ckpt"
+    cfg = compose_train([*tiny(cub_root, epochs=1), "seed=1", f"ckpt_path={last}"], tmp_path)
+    with pytest.raises(ConfigError) as err:
+        train(cfg)
+    message = str(err.value)
+    assert message.startswith(f"ckpt_path={last}: a checkpoint of another run (")
+    assert "seed 0 -> 1" in message
+    assert f"init_from={last}" in message and "\n" not in message
+    assert not (tmp_path / "predictions.csv").exists() and record_of(cfg)["status"] == "failed"
+
+
+def test_every_checkpoint_names_its_run(seed0):
+    saved = torch.load(seed0 / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    definition = json.loads((seed0 / "run_config.json").read_text())
+    assert saved["stnrepro_run_definition"] == definition
+
+
+def _zip_that_is_not_torch(path: Path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("hello.txt", "not a checkpoint")
+
+
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (_zip_that_is_not_torch, "not a torch checkpoint"),
+        (lambda p: torch.save({"foo": 1}, p), "not a Lightning checkpoint (no state_dict)"),
+        (lambda p: torch.save({"state_dict": {}}, p), "names no run definition"),
+    ],
+)
+def test_a_file_that_is_no_checkpoint_of_a_run_is_one_line(cub_root, tmp_path, make, said):
+    path = tmp_path / "given.ckpt"
+    make(path)
+    cfg = compose_train([*tiny(cub_root, epochs=1), f"ckpt_path={path}"], tmp_path / "run")
+    with pytest.raises(ConfigError, match=re.escape(said)) as err:
+        train(cfg)
+    assert str(err.value).startswith(f"ckpt_path={path}: ")
+
+
+def test_a_checkpoint_of_another_architecture_is_refused(cub_root, seed0, tmp_path):
+    last = seed0 / "checkpoints" / "last.ckpt"
+    overrides = [*tiny(cub_root, epochs=1), "model.num_transformers=2", f"ckpt_path={last}"]
+    with pytest.raises(ConfigError, match="model.num_transformers 1 -> 2"):
+        train(compose_train(overrides, tmp_path))
+
+
+def test_init_from_loads_the_weights_only_and_is_recorded(cub_root, seed0, tmp_path):
+    import hashlib
+
+    last = seed0 / "checkpoints" / "last.ckpt"
+    cfg = compose_train([*tiny(cub_root, epochs=1), "seed=1", f"init_from={last}"], tmp_path)
+    record = train(cfg)
+    assert record["status"] == "finished"
+    assert record["config"]["init_from"] == str(last)  # part of what defines this run
+    assert record["provenance"]["init_from"] == {
+        "path": str(last.resolve()),
+        "sha256": hashlib.sha256(last.read_bytes()).hexdigest(),
+    }
+    # Weights only: the new run trains its own epoch 0 (the old one's counters stay there).
+    assert epoch_of(tmp_path / "checkpoints" / "last.ckpt") == 0
+    assert record["metrics"]["test/acc"] is not None
+
+
+def test_init_from_weights_of_another_architecture_is_one_line(cub_root, seed0, tmp_path):
+    last = seed0 / "checkpoints" / "last.ckpt"
+    overrides = [*tiny(cub_root, epochs=1), "model.num_transformers=2", f"init_from={last}"]
+    with pytest.raises(ConfigError) as err:
+        train(compose_train(overrides, tmp_path))
+    message = str(err.value)
+    assert message.startswith(f"init_from={last}: its weights do not fit this model (")
+    assert "\n" not in message
+
+
+def test_a_resume_after_the_last_epoch_keeps_the_fit_metrics(cub_root, tmp_path):
+    """Interrupted in the test phase, then run again: nothing is left to fit, so the record
+    keeps what the first attempt recorded of the fit and adds the test."""
+    cfg = compose_train(tiny(cub_root, epochs=1), tmp_path)
+    finished = train(cfg)
+    path = tmp_path / "metrics.json"
+    interrupted = json.loads(path.read_text())
+    interrupted["status"] = "interrupted"
+    interrupted["metrics"] = {
+        k: v for k, v in finished["metrics"].items() if not k.startswith("test/")
+    }
+    path.write_text(json.dumps(interrupted))
+    again = train(compose_train(tiny(cub_root, epochs=1), tmp_path))
+    assert again["status"] == "finished"
+    assert sorted(again["metrics"]) == sorted(finished["metrics"])
+    assert again["metrics"]["val/acc"] == finished["metrics"]["val/acc"]

@@ -29,7 +29,7 @@ CELL_ORDER = [
 def cfg(**model: object) -> object:
     return OmegaConf.create(
         {
-            "data": {"name": "cub", "image_size": "448"},  # a string is coerced to int
+            "data": {"name": "cub", "image_size": 448},
             "model": {
                 "backbone": "small",
                 "pretrained": False,
@@ -66,12 +66,35 @@ def test_failed_record_reads_back_with_its_error(tmp_path: Path) -> None:
 
 
 def test_cell_value_below_its_minimum_names_file_and_key(tmp_path: Path) -> None:
-    writer = RecordWriter(tmp_path, table_cell(cfg(num_transformers=-1)), epochs=2)
+    writer = RecordWriter(tmp_path, table_cell(cfg()), epochs=2)
+    writer.data["cell"]["num_transformers"] = -1  # hand-edited: the writer never writes it
     writer.finish()
     with pytest.raises(RecordError) as err:
         load_records(tmp_path)
     path = tmp_path / RECORD_FILENAME
     assert str(err.value) == f"{path}: key 'cell.num_transformers' must be >= 0, got -1"
+
+
+@pytest.mark.parametrize(
+    "model", [{"num_transformers": -1}, {"num_transformers": "abc"}, {"crop_size": 1.5}]
+)
+def test_a_run_refused_for_a_bad_cell_value_leaves_a_readable_failed_record(tmp_path, model):
+    """Its cell records null for the bad value; the table counts the run as failed."""
+    writer = RecordWriter(tmp_path, table_cell(cfg(**model)), epochs="abc")  # type: ignore[arg-type]
+    writer.fail("ConfigError: a bad value")
+    (record,) = load_records(tmp_path)
+    assert record.status == "failed" and record.epochs is None
+    assert None in (record.cell.num_transformers, record.cell.crop_size)
+    assert record.placed == (record.cell.num_transformers is not None)
+
+
+def test_a_finished_record_must_have_its_whole_cell(tmp_path: Path) -> None:
+    writer = RecordWriter(tmp_path, table_cell(cfg(num_transformers=-1)), epochs=2)
+    writer.finish()
+    with pytest.raises(
+        RecordError, match="key 'cell.num_transformers' must be an integer, got null"
+    ):
+        load_records(tmp_path)
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])

@@ -871,3 +871,14 @@ def test_latex_negative_mean_is_not_wrapped_in_math(tmp_path: Path) -> None:
         write_record(tmp_path, str(seed), make_record(seed=seed, extra_metrics={"test/m": value}))
     tex = squeeze(render_latex(aggregate(load_records(tmp_path), metric="test/m")))
     assert r"CNN 224px & 82.3 & -0.500 $\pm$ 0.141 & --- & 2 & 0 \\" in tex
+
+
+def test_a_run_refused_for_a_bad_value_counts_as_failed_in_no_cell(runs: Path) -> None:
+    """Its record has null for the bad cell value; the table reads it and counts it."""
+    bad = make_record(nt=2, seed=5, status="failed", acc=None)
+    bad["cell"]["num_transformers"] = None
+    bad["error"] = "ConfigError: model.num_transformers=-1: expected an integer >= 0"
+    write_record(runs, "bad", bad)
+    table = aggregate(load_records(runs), dataset="cub")
+    assert table.n_failed == 2 and table.n_used == 6  # the sweep's failed seed and this one
+    assert all(row.stats is None or row.stats.failed <= 1 for row in table.rows)

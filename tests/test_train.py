@@ -15,6 +15,7 @@ from cub_fixture import write_tiny_cub
 
 from stnrepro.config import config_dir
 from stnrepro.errors import ConfigError, DataError
+from stnrepro.records.reader import read_record_file
 from stnrepro.train import train
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
@@ -214,7 +215,13 @@ def test_short_cpu_run_writes_predictions_matching_its_test_acc(cub_root, make_c
         ("data.image_size=abc", "data.image_size='abc': expected an integer >= 1"),
         ("trainer.max_epochs=abc", "trainer.max_epochs='abc': expected an integer >= 1"),
         ("model.optimizer.lr=abc", "model.optimizer.lr='abc': expected a float > 0"),
-        ("seed=abc", "seed='abc': expected an integer >= 0"),
+        ("seed=abc", "seed='abc': expected an integer in [0, 4294967296)"),
+        ("seed=4294967296", "seed=4294967296: expected an integer in [0, 4294967296)"),
+        ("seed=18446744073709551616", "seed=18446744073709551616: expected an integer in [0, "
+         "4294967296)"),
+        ("model.optimizer.lr=0", "model.optimizer.lr=0: expected a float > 0"),
+        ("model.num_transformers=-1", "model.num_transformers=-1: expected an integer >= 0"),
+        ("trainer.max_epochs=1.5", "trainer.max_epochs=1.5: expected an integer >= 1"),
         ("trainer.max_epochs=0", "trainer.max_epochs=0: expected an integer >= 1"),
         ("trainer.max_epochs=-1", "trainer.max_epochs=-1: expected an integer >= 1"),
         ("data.batch_size=2.0", "data.batch_size=2.0: expected an integer >= 1"),
@@ -233,6 +240,9 @@ def test_bad_numeric_values_are_refused_before_work_starts(cub_root, make_cfg, o
     record = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     assert record["status"] == "failed" and record["error"] == f"ConfigError: {message}"
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+    assert not (Path(cfg.paths.output_dir) / "run_config.json").exists()
+    # The failed record is always readable, so a table counts it as failed.
+    assert read_record_file(Path(cfg.paths.output_dir) / "metrics.json").status == "failed"
 
 
 def test_optimizer_without_momentum_is_not_checked_for_it(make_cfg, tmp_path):

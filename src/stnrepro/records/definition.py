@@ -22,6 +22,8 @@ from stnrepro.errors import ConfigError
 from stnrepro.utils.atomic import write_json_atomic
 
 DEFINITION_NAME = "run_config.json"
+# Where a checkpoint keeps the definition of the run that wrote it.
+CHECKPOINT_KEY = "stnrepro_run_definition"
 
 # Dotted keys (a key or the start of one) that cannot change a run's results, with why.
 # README lists them; everything else in the resolved config defines the run.

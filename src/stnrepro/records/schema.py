@@ -94,6 +94,12 @@ class RunCell:
     seed: int = _cell_key("seed", int)
 
 
+def model_label(num_transformers: int | None) -> str:
+    """The one short name of a model by its transformer count: ``CNN``, ``2xST``, ``4xST``
+    (run names, table rows and claims are built from it)."""
+    return "CNN" if not num_transformers else f"{num_transformers}xST"
+
+
 class CellKey(NamedTuple):
     """One ``cell`` key of the schema (from the RunCell field of the same name)."""
 
@@ -102,6 +108,11 @@ class CellKey(NamedTuple):
     kind: type
     required: bool
     minimum: int | None
+
+    def accepts(self, value: Any) -> bool:
+        """Whether ``value`` (not null) is of this key's type and at least its minimum."""
+        check = _KINDS[self.kind.__name__][0]
+        return check(value) and (self.minimum is None or value >= self.minimum)
 
 
 CELL_KEYS: tuple[CellKey, ...] = tuple(CellKey(f.name, **f.metadata) for f in fields(RunCell))
@@ -135,6 +146,12 @@ class RunRecord:
     def finished(self) -> bool:
         """Whether the run completed and its metrics may be used."""
         return self.status == "finished"
+
+    @property
+    def placed(self) -> bool:
+        """Whether every required cell key is known (only a run that did not finish, refused
+        for a bad value, may lack one)."""
+        return all(getattr(self.cell, k.name) is not None for k in CELL_KEYS if k.required)
 
     @property
     def finished_datetime(self) -> datetime | None:
@@ -237,11 +254,20 @@ def _get_sha256(data: Mapping[str, Any], source: str) -> str | None:
     return value
 
 
-def _parse_cell(raw: Mapping[str, Any], source: str) -> RunCell:
+def _parse_cell(raw: Mapping[str, Any], source: str, finished: bool) -> RunCell:
+    """The record's cell; a run that did not finish may lack keys (null): one refused for a
+    bad value records null for it (its error names the value), so the table counts it as
+    failed without placing it in a cell."""
     values: dict[str, Any] = {}
     for key in CELL_KEYS:
         value = _get(
-            raw, key.name, key.kind.__name__, source, prefix="cell.", required=key.required
+            raw,
+            key.name,
+            key.kind.__name__,
+            source,
+            prefix="cell.",
+            required=key.required,
+            nullable=not finished,
         )
         if value is not None and key.minimum is not None and value < key.minimum:
             raise fail(source, f"key 'cell.{key.name}' must be >= {key.minimum}, got {value}")
@@ -286,7 +312,7 @@ def _parse_record(data: Any, source: str, config: Mapping[str, Any] | None) -> R
     if status not in STATUSES:
         raise fail(source, f"key 'status' must be one of {', '.join(STATUSES)}, got {status!r}")
     name = _get(data, "run_name", "str", source)
-    cell = _parse_cell(_get(data, "cell", "dict", source), source)
+    cell = _parse_cell(_get(data, "cell", "dict", source), source, status == "finished")
     metrics = _parse_metrics(_get(data, "metrics", "dict", source), source)
     started_at = _get_timestamp(data, "started_at", source)
     finished_at = _get_timestamp(data, "finished_at", source)

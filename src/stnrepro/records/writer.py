@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from stnrepro.errors import one_line
-from stnrepro.records.schema import CELL_KEYS, RECORD_FILENAME, SCHEMA_VERSION
+from stnrepro.records.schema import CELL_KEYS, RECORD_FILENAME, SCHEMA_VERSION, model_label
 from stnrepro.utils.atomic import write_json_atomic
 
 # A failed run's error is cut to this many characters (a DataLoader traceback can be huge).
@@ -28,30 +28,26 @@ def now_iso() -> str:
 
 
 def run_name(num_transformers: Any, image_size: Any, seed: Any) -> str:
-    """Readable run name shared by W&B and the record, e.g. ``4xST-448-s1``, ``CNN-224-s0``."""
-    model = "CNN" if num_transformers in (0, None) else f"{num_transformers}xST"
-    return f"{model}-{image_size}-s{seed}"
+    """Readable run name shared by W&B and the record, e.g. ``4xST-448-s1``, ``CNN-224-s0``;
+    ``?`` for a value not known (refused as bad)."""
+    model = "?" if num_transformers is None else model_label(num_transformers)
+    shown = ["?" if v is None else v for v in (image_size, seed)]
+    return f"{model}-{shown[0]}-s{shown[1]}"
 
 
 def table_cell(cfg: DictConfig) -> dict[str, Any]:
     """The config values that define a run's table cell (and that must not be mixed).
 
-    Values of the wrong type are kept as given: the record of a run refused for a bad value
-    still says which value it was.
+    A value the schema would not accept (``model.num_transformers=-1``,
+    ``data.image_size=abc``) is recorded as null: such a run is refused before it starts, its
+    record's error names the value, and the record stays readable for the table, which
+    counts it as failed.
     """
     cell = {}
     for key in CELL_KEYS:
         value = OmegaConf.select(cfg, key.config)
-        ok = value is None or isinstance(value, key.kind)
-        cell[key.name] = value if ok else _coerce(key.kind, value)
+        cell[key.name] = value if value is not None and key.accepts(value) else None
     return cell
-
-
-def _coerce(kind: type, value: Any) -> Any:
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        return value
 
 
 def _json_scalar(value: Any) -> Any:
@@ -92,7 +88,7 @@ class RecordWriter:
             "cell": cell,
             "metrics": {},
             "logger": {"name": "none", "run_id": None, "project": None, "group": None, "dir": None},
-            "epochs": epochs,
+            "epochs": epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None,
             "wall_time_s": None,
             "output_dir": str(Path(output_dir).resolve()),
             "config": config,
@@ -106,6 +102,13 @@ class RecordWriter:
     def save(self) -> None:
         if self.write:
             write_json_atomic(self.path, self.data)
+
+    def carry_metrics(self, previous: dict[str, Any] | None) -> None:
+        """Start from the metrics an earlier attempt of this same run recorded (a resume);
+        what this attempt logs replaces them key by key."""
+        metrics = (previous or {}).get("metrics")
+        if isinstance(metrics, dict):
+            self.data["metrics"] = dict(metrics)
 
     def update_metrics(self, metrics: dict[str, Any]) -> None:
         self.data["metrics"].update({k: _json_scalar(v) for k, v in sorted(metrics.items())})

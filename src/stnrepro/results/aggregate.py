@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 
-from stnrepro.records.schema import RunRecord
+from stnrepro.records.schema import RunRecord, model_label
 from stnrepro.results.agreement import check_cell
 from stnrepro.results.claims import add_prediction_stats
 from stnrepro.results.environment import differences, environment_lines
@@ -174,7 +174,7 @@ def _size_map(ours: Iterable[int], paper: Iterable[int]) -> tuple[dict[int, int]
 
 
 def _cell_label(nt: int, size: int | None, paper_size: int | None, mapped: bool) -> str:
-    model = "CNN" if nt == 0 else f"{nt}xST-CNN"
+    model = model_label(nt) if nt == 0 else f"{model_label(nt)}-CNN"
     if mapped and size is not None and paper_size is not None:
         return f"{model} {size}px (paper: {paper_size}px)"
     return f"{model} {size if size is not None else paper_size}px"
@@ -243,7 +243,9 @@ def aggregate(
     ours_rows = [p for p in paper_rows if not p.is_prior_work]
     if not ours_rows:
         raise TableError(f"{PAPER_TABLE_RESOURCE}: has no rows with input_px")
-    picked = _select(records, dataset, backbone, pretrained)
+    # Runs refused for a bad value before their cell was known: failed, in no cell.
+    unplaced = [r for r in records if not r.placed]
+    picked = _select([r for r in records if r.placed], dataset, backbone, pretrained)
     percent = _is_accuracy(metric)
 
     size_map, mapped = _size_map(
@@ -255,19 +257,21 @@ def aggregate(
     for r in picked:
         by_cell[(r.cell.image_size, r.cell.num_transformers)].append(r)
     n_no_config = sum(
-        check_cell(f"{'CNN' if nt == 0 else f'{nt}xST'}-{size}", runs)
+        check_cell(f"{model_label(nt)}-{size}", runs)
         for (size, nt), runs in sorted(by_cell.items())
     )
     cells = {
         key: _cell_stats(key[0], key[1], runs, metric, percent) for key, runs in by_cell.items()
     }
     n_used = sum(c.n for c in cells.values())
-    n_failed = sum(c.failed for c in cells.values())
-    n_unfinished = sum(c.unfinished for c in cells.values())
+    n_failed = sum(c.failed for c in cells.values()) + sum(r.status == "failed" for r in unplaced)
+    n_unfinished = sum(c.unfinished for c in cells.values()) + sum(
+        r.status != "failed" for r in unplaced
+    )
     n_duplicates = sum(c.duplicates for c in cells.values())
     if n_used == 0:
         raise TableError(
-            f"all {len(picked)} runs failed or are unfinished "
+            f"all {len(picked) + len(unplaced)} runs failed or are unfinished "
             f"({n_failed} failed, {n_unfinished} unfinished): nothing to tabulate"
         )
 

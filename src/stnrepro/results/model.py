@@ -12,7 +12,7 @@ import statistics
 from dataclasses import dataclass
 
 from stnrepro.errors import StnreproError
-from stnrepro.records.schema import RunRecord
+from stnrepro.records.schema import RunRecord, model_label
 
 GROUP_PRIOR = "prior_work"
 GROUP_PAPER = "paper"
@@ -147,7 +147,7 @@ class Claim:
 
 def _short(row: TableRow) -> str:
     """A cell without runs of ours has no input size of ours: the paper's names it."""
-    model = "CNN" if not row.num_transformers else f"{row.num_transformers}xST"
+    model = model_label(row.num_transformers)
     size = row.image_size if row.image_size is not None else row.paper_image_size
     return f"{model} {size}"
 

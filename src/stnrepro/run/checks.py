@@ -48,9 +48,9 @@ class Numeric:
         what = "an integer" if self.kind is int else "a float"
         if self.high is not None:
             left = "(" if self.low_open else "["
-            text = f"{what} in {left}{self.low:g}, {self.high:g})"
+            text = f"{what} in {left}{_number(self.low)}, {_number(self.high)})"
         else:
-            text = f"{what} {'>' if self.low_open else '>='} {self.low:g}"
+            text = f"{what} {'>' if self.low_open else '>='} {_number(self.low)}"
         return text + (" or null" if self.nullable else "")
 
     def accepts(self, value: Any) -> bool:
@@ -68,20 +68,28 @@ class Numeric:
 
 
 _COUNT = Numeric(int, 1)  # sizes, counts, epochs
-_INDEX = Numeric(int, 0)  # seeds, worker counts, transformer counts
+_INDEX = Numeric(int, 0)  # worker counts, transformer counts
+
+
+def _number(x: float) -> str:
+    """A bound as written: ``4294967296``, ``0.5`` (not ``4.29497e+09``)."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+_SEED = Numeric(int, 0, high=2**32)  # what numpy and Lightning's seed_everything accept
 _RATE = Numeric(float, 0, low_open=True)
 _NONNEG = Numeric(float, 0)
 _FRACTION = Numeric(float, 0, high=1)
 
 #: Every numeric key checked up front, in the order they are checked.
 NUMERIC_KEYS: dict[str, Numeric] = {
-    "seed": _INDEX,
+    "seed": _SEED,
     "data.num_classes": _COUNT,
     "data.image_size": _COUNT,
     "data.batch_size": _COUNT,
     "data.eval_batch_size": Numeric(int, 1, nullable=True),
     "data.num_workers": _INDEX,
-    "data.split_seed": _INDEX,
+    "data.split_seed": _SEED,
     "data.val_fraction": _FRACTION,
     "model.num_transformers": _INDEX,
     "model.crop_size": _COUNT,
@@ -130,6 +138,15 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}: missing config group (expected e.g. {key}=...)")
     if cfg.get("test_ckpt") not in ("last", "best"):
         raise ConfigError(f"test_ckpt={cfg.get('test_ckpt')!r}: expected 'last' or 'best'")
+    if (
+        cfg.get("test")
+        and cfg.test_ckpt == "best"
+        and OmegaConf.select(cfg, "data.val_fraction") == 0
+    ):
+        raise ConfigError(
+            "test_ckpt=best with data.val_fraction=0: there is no validation set to pick the "
+            "best checkpoint by; use test_ckpt=last or data.val_fraction > 0"
+        )
     check_numeric_keys(cfg)
 
 

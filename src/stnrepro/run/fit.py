@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger
 
 from stnrepro.lightning.checkpoint_io import AtomicCheckpointIO
+from stnrepro.lightning.identity import RunDefinitionCallback
 from stnrepro.lightning.rng import RNGStateCallback
 from stnrepro.records.definition import run_definition, save_definition
 from stnrepro.records.predictions import Predictions, write_predictions
@@ -32,7 +33,7 @@ from stnrepro.run.build import build, build_callbacks, build_datamodule
 from stnrepro.run.checks import check_distributed, validate_config
 from stnrepro.run.context import is_rank_zero
 from stnrepro.run.folder import check_same_run, hold_output_dir
-from stnrepro.run.resume import resolve_ckpt_path
+from stnrepro.run.resume import LAST_CHECKPOINT, init_weights, resolve_ckpt_path
 from stnrepro.run.tracking import build_logger, finish_wandb, log_artifact, log_summary
 
 log = logging.getLogger("stnrepro")
@@ -79,12 +80,19 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any])
     try:
         validate_config(cfg)
         provenance.set_threads(cfg.get("threads"))
-        resume_from = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+        resume_from = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, definition)
+        if resume_from is not None and Path(resume_from) == output_dir / LAST_CHECKPOINT:
+            # This folder's own run continues: what its last attempt recorded stands until
+            # this one logs anew (a resume after the last epoch fits nothing).
+            record.carry_metrics(recorded(output_dir))
         if is_rank_zero():
             save_definition(output_dir, definition)
         record.save()
         pl.seed_everything(cfg.seed, workers=True)
         model = build(cfg.model)  # refuses bad model values before any data is read
+        init = None
+        if cfg.get("init_from"):
+            init = init_weights(model, str(cfg.init_from), load=resume_from is None)
         datamodule = build_datamodule(cfg)
         logger = build_logger(cfg, output_dir, record.data["run_name"])
         if logger is not None:
@@ -97,7 +105,7 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any])
                 "dir": str(logger.save_dir) if logger.save_dir else None,
             }
         callbacks = build_callbacks(cfg, logger is not None, datamodule.has_val)
-        callbacks.append(RNGStateCallback())
+        callbacks += [RNGStateCallback(), RunDefinitionCallback(definition)]
         limit_val = {} if datamodule.has_val else {"limit_val_batches": 0}
         # Our checkpoint writer joins the plugins the config asks for (e.g. a SLURM
         # environment), which a plain plugins= argument would replace.
@@ -112,6 +120,7 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any])
         )
         check_distributed(cfg, trainer)
         record.data["provenance"] = provenance.collect(trainer, datamodule)
+        record.data["provenance"]["init_from"] = init
         if resume_from:
             log.info("resuming from %s", resume_from)
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
@@ -119,7 +128,7 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any])
         record.data["provenance"]["threads"] = torch.get_num_threads()
         record.update_metrics(_metrics(trainer))
         if cfg.get("test"):
-            ckpt = "best" if cfg.test_ckpt == "best" and datamodule.has_val else None
+            ckpt = "best" if cfg.test_ckpt == "best" else None
             trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
             record.update_metrics(_metrics(trainer))
             _save_predictions(model, trainer, output_dir, record, logger)
