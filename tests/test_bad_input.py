@@ -122,3 +122,57 @@ def test_missing_test_image_is_one_line_before_training(cub, tmp_path):
     assert "1 of 12 listed image file(s) not found" in line and image.name in line
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_wandb_online_without_a_network_is_one_line_that_says_how_to_go_offline(cub, tmp_path):
+    """A CommError traceback after two minutes, before; now one line, exit 1 (a failure)."""
+    env = os.environ | {
+        "WANDB_MODE": "online",
+        "WANDB_API_KEY": "a" * 40,
+        "WANDB_BASE_URL": "http://127.0.0.1:9",  # nothing listens there
+        "WANDB_INIT_TIMEOUT": "5",
+        "WANDB_SILENT": "true",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "stnrepro.train", f"hydra.run.dir={tmp_path}/run", "logger=wandb",
+         "trainer=cpu", "trainer.max_epochs=1", *cub],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    [line] = error_lines(proc)
+    assert line.startswith("error: W&B could not start the run (") and "WANDB_MODE=offline" in line
+    assert "Traceback" not in proc.stderr
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["status"] == "failed" and "W&B could not start the run" in record["error"]
+
+
+def test_wandb_mode_disabled_is_honoured(cub, tmp_path, make_cfg, monkeypatch):
+    """It used to be overridden to offline, writing W&B files anyway."""
+    from stnrepro.train import train
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cfg = make_cfg([*cub, "logger=wandb", "trainer=cpu", "trainer.max_epochs=1",
+                    "data.num_workers=0"])  # fmt: skip
+    record = train(cfg)
+    assert record["status"] == "finished" and record["logger"]["name"] == "none"
+    assert not (Path(cfg.paths.output_dir) / "wandb").exists()
+
+
+@pytest.mark.parametrize("extra", [1, 997])
+def test_more_threads_than_usable_cores_is_refused(cub, make_cfg, extra):
+    from stnrepro.errors import ConfigError
+    from stnrepro.train import train
+
+    cores = len(os.sched_getaffinity(0))
+    threads = cores + extra
+    with pytest.raises(
+        ConfigError, match=rf"^threads={threads}: this machine lets the run use {cores}"
+    ):
+        train(make_cfg([*cub, "trainer=cpu", f"threads={threads}"]))
+
+
+def test_usable_cores_follows_the_affinity_mask():
+    from stnrepro.run.checks import usable_cores
+
+    assert usable_cores() == len(os.sched_getaffinity(0))

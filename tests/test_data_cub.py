@@ -280,17 +280,17 @@ def test_root_one_level_too_high(tiny: Path) -> None:
 def test_missing_required_file(tiny: Path, name: str) -> None:
     (tiny / name).unlink()
     with pytest.raises(DataError, match="file not found") as err:
-        CUBIndex.load(tiny)
+        CUBIndex.load(tiny, check_images=True)
     assert str(err.value).startswith(str(tiny / name))
 
 
 def test_missing_images_dir_and_half_parts(tiny: Path) -> None:
     (tiny / "parts" / "part_locs.txt").unlink()
     with pytest.raises(DataError, match="part_locs.txt: file not found"):
-        CUBIndex.load(tiny)
+        CUBIndex.load(tiny, check_images=True)
     (tiny / "images").rename(tiny / "imgs")
     with pytest.raises(DataError, match="images: directory not found"):
-        CUBIndex.load(tiny)
+        CUBIndex.load(tiny, check_images=True)
 
 
 BAD_LINES = [
@@ -421,3 +421,26 @@ def test_unreadable_image_header_is_refused_before_training(tiny: Path) -> None:
     message = str(err.value)
     assert message.startswith(f"{tiny / 'images.txt'}: 1 of 12 listed image(s) cannot be read ")
     assert f"(first: {path}: cannot identify image file" in message and "\n" not in message
+
+
+def test_a_16_bit_greyscale_png_is_scaled_to_8_bits_not_clipped_to_white(tmp_path: Path) -> None:
+    """PIL's own conversion of a 16-bit greyscale image clips every value above 255."""
+    path = tmp_path / "grey16.png"
+    Image.fromarray(np.full((40, 48), 32768, dtype=np.uint16)).save(path)
+    assert Image.open(path).mode.startswith("I")
+    img, _ = transforms.load_view(path, 16, transforms.full_view)
+    values = np.asarray(img)
+    assert values.shape == (16, 16, 3) and np.all(np.abs(values.astype(int) - 128) <= 1)
+
+
+def test_a_fifo_in_place_of_an_image_is_refused_without_opening_it(tiny: Path) -> None:
+    """Opening a FIFO blocks until someone writes to it: a check or a training run hung."""
+    import os
+
+    image = sorted((tiny / "images").rglob("*.jpg"))[0]
+    image.unlink()
+    os.mkfifo(image)
+    with pytest.raises(DataError, match="not a regular file"):
+        transforms.load_view(image, 16, transforms.full_view)
+    with pytest.raises(DataError, match=r"cannot be read \(first: .*not a regular file"):
+        CUBIndex.load(tiny, check_images=True)

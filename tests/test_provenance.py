@@ -32,6 +32,7 @@ from stnrepro.train import train
 
 FIELDS = {
     "git", "versions", "os", "cpu", "cpu_capability", "threads", "gpu", "precision", "dataset",
+    "init_from",
 }  # fmt: skip
 
 
@@ -75,7 +76,7 @@ def test_short_cpu_run_records_its_provenance_and_config(cub_root, make_cfg, tor
 @pytest.mark.parametrize("value", [0, -2, 1.5, "two", True])
 def test_bad_threads_is_one_line_naming_the_key(cub_root, make_cfg, value):
     cfg = make_cfg([*tiny_overrides(cub_root, 0), f"threads={value}"])
-    with pytest.raises(ConfigError, match=r"^threads=.*expected a positive integer or null$"):
+    with pytest.raises(ConfigError, match=r"^threads=.*: expected an integer >= 1 or null$"):
         train(cfg)
 
 

@@ -468,3 +468,47 @@ def test_extra_test_images_leave_the_training_images_and_split_unchanged(tmp_pat
     assert old_train == new_train
     assert len(new_files) - len(old_files) == 3 * SMALL["num_classes"] and per_class >= 2
     assert folder_name(_small()) != folder_name(_small(extra_test_per_class=3))
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_generator_workers_end_when_the_generator_is_killed(tmp_path):
+    """SIGKILL gives the parent no clean-up: its pool's workers used to live on (parent 1)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["generate", "--preset", "synth_birds_tiny", "--out", str(tmp_path / "out"),
+            "--images-per-class", "400", "--workers", "2", "--quiet"]  # fmt: skip
+    code = f"import sys; from stnrepro.cli.data import main; sys.exit(main({args!r}))"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy())
+    workers: list[int] = []
+    deadline = time.monotonic() + 120
+    while len(workers) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        workers = _children(proc.pid)
+        time.sleep(0.05)
+    assert len(workers) >= 2, "the generator did not start its workers"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [w for w in workers if _alive(w)]
+    for w in left:  # never leave them behind, whatever the outcome
+        os.kill(w, signal.SIGKILL)
+    assert not left, f"generator workers still running after their parent was killed: {left}"

@@ -117,6 +117,7 @@ def test_cli_refuses_bad_input_with_one_line(tmp_path):
         "error: model.backbone='vgg': expected one of inception_v3, resnet50, small" in proc.stderr
     )
     assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("model.backbone='vgg'") == 1  # said once, not also as a log line
 
 
 def test_model_errors_raised_while_building_are_one_line_before_data_is_read(tmp_path):

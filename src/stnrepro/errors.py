@@ -19,6 +19,11 @@ class WeightsUnavailableError(StnreproError):
     """Pretrained weights were requested but cannot be loaded."""
 
 
+class ServiceError(StnreproError):
+    """A service the run needs (W&B online) cannot be reached: a failure (exit status 1),
+    not bad input; the message says how to go on without it."""
+
+
 def one_line(exc: BaseException) -> str:
     """The user-facing line of an error: the first line of its message, whitespace collapsed.
 

@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from stnrepro.config import CONFIG_NAME, CONFIG_PATH
-from stnrepro.errors import StnreproError, one_line
+from stnrepro.errors import ServiceError, StnreproError, one_line
 from stnrepro.records.schema import RECORD_FILENAME
 from stnrepro.run.context import is_multirun
 from stnrepro.run.fit import train
@@ -31,11 +31,11 @@ def main(cfg: DictConfig) -> float | None:
     try:
         record = train(cfg)
     except StnreproError as exc:
-        log.error("error: %s", one_line(exc))
-        if is_multirun():
+        if is_multirun():  # the sweep goes on; the job's log says why this one stopped
+            log.error("error: %s", one_line(exc))
             return None
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        raise SystemExit(2) from None
+        print(f"error: {one_line(exc)}", file=sys.stderr)  # once: not also through the log
+        raise SystemExit(1 if isinstance(exc, ServiceError) else 2) from None
     except Exception:
         if is_multirun():  # one failure never costs the sweep: it is in metrics.json
             log.exception("job failed; the sweep goes on")
@@ -48,7 +48,7 @@ def main(cfg: DictConfig) -> float | None:
         ", ".join(
             f"{k}={v:.4f}" for k, v in metrics.items() if k.endswith("/acc") and v is not None
         ),
-        Path(record["output_dir"]) / RECORD_FILENAME,
+        Path(cfg.paths.output_dir) / RECORD_FILENAME,  # this folder's, even when copied
     )
     return metrics.get("test/acc")
 

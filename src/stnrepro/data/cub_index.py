@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from stnrepro.data.transforms import file_problem
 from stnrepro.errors import DataError, one_line
 
 __all__ = ["INDEX_FILES", "REQUIRED_FILES", "CUBIndex"]
@@ -154,6 +155,9 @@ def _header_size(path: Path) -> tuple[int, int] | str:
     A missing file gives ``""``.
     """
     try:
+        problem = file_problem(path)
+        if problem is not None:
+            return problem
         with Image.open(path) as img:
             return img.size
     except FileNotFoundError:

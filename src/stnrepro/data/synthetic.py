@@ -41,6 +41,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import textwrap
 import time
@@ -169,6 +170,19 @@ def _mp_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: a worker ends when the process that started it does, even by SIGKILL
+    (which runs no clean-up there). Linux's ``PR_SET_PDEATHSIG`` asks the kernel for that; a
+    parent that died before the call is caught by the check after it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def _render_all(
     settings: SynthSettings,
     out: Path,
@@ -194,7 +208,12 @@ def _render_all(
                 results[i] = synth_draw.render_chunk(a)
                 bar.update(len(a[3]))
         else:
-            with ProcessPoolExecutor(workers, mp_context=_mp_context()) as pool:
+            with ProcessPoolExecutor(
+                workers,
+                mp_context=_mp_context(),
+                initializer=_die_with_parent,
+                initargs=(os.getpid(),),
+            ) as pool:
                 futures = {pool.submit(synth_draw.render_chunk, a): i for i, a in enumerate(args)}
                 try:
                     for fut in as_completed(futures):

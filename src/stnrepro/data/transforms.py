@@ -18,6 +18,8 @@ pixels and boxes cannot drift apart.
 from __future__ import annotations
 
 import math
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,10 +116,47 @@ def map_parts(parts: np.ndarray | None, view: View) -> np.ndarray:
     return np.concatenate([xy, visible[:, None].astype(np.float64)], axis=1).astype(np.float32)
 
 
+def file_problem(path: str | Path) -> str | None:
+    """Why ``path`` is no image file to open, or None for a regular file (``OSError`` when it
+    cannot be looked at, e.g. ``FileNotFoundError``). Opening a FIFO or a device would block
+    or read forever, so only regular files are opened."""
+    if stat.S_ISREG(os.stat(path).st_mode):
+        return None
+    return "not a regular file (a FIFO, device or folder): expected an image"
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """``Image.open`` of a regular file only (:func:`file_problem`); DataError otherwise."""
+    try:
+        problem = file_problem(path)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read image ({_reason(exc)})") from None
+    if problem is not None:
+        raise DataError(f"{path}: {problem}")
+    return Image.open(path)
+
+
+#: Integer greyscale modes (16-bit PNGs and the like): values 0..65535, not 0..255.
+_WIDE_GREY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB of a decoded image. Greyscale, palette and CMYK images are converted by PIL;
+    16-bit greyscale is scaled to 8 bits first (PIL's own conversion clips it, so a mid-grey
+    16-bit image would come out pure white)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in _WIDE_GREY_MODES:
+        wide = np.asarray(img, dtype=np.int64)
+        grey = (np.clip(wide, 0, 65535) * 255 + 32767) // 65535
+        return Image.fromarray(grey.astype(np.uint8), mode="L").convert("RGB")
+    return img.convert("RGB")
+
+
 def image_size(path: str | Path) -> tuple[int, int]:
     """``(width, height)`` from the header only (no decode)."""
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             return img.size
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: cannot read image ({_reason(exc)})") from None
@@ -138,7 +177,7 @@ def load_view(path: str | Path, size: int, view_fn) -> tuple[Image.Image, View]:
     what makes the CPU pipeline fast on ~500 px CUB photos.
     """
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             width, height = img.size
             view = view_fn(width, height)
             request = (
@@ -151,7 +190,7 @@ def load_view(path: str | Path, size: int, view_fn) -> tuple[Image.Image, View]:
                 _, dbox = drafted
                 sx, sy = dbox[2] / width, dbox[3] / height
             img.load()
-            rgb = img if img.mode == "RGB" else img.convert("RGB")
+            rgb = to_rgb(img)
             dw, dh = rgb.size
             box = (
                 min(max(view.left * sx, 0.0), dw),

@@ -242,19 +242,39 @@ class STCNNModule(pl.LightningModule):
         if theta is not None:
             finite = finite & torch.isfinite(theta).all()
         if not finite:
-            if theta is not None and not torch.isfinite(theta).all():
-                raise DivergenceError(
-                    f"transformer parameters are non-finite at epoch {self.current_epoch}, "
-                    f"step {self.global_step}: the localisation network diverged; the last "
-                    "good checkpoint is kept; try a lower model.loc_lr_mult"
-                )
-            raise DivergenceError(
-                f"train/loss={loss.item()} at epoch {self.current_epoch}, step "
-                f"{self.global_step}: training diverged (non-finite loss); the last good "
-                "checkpoint is kept; try a lower model.optimizer.lr or "
-                "trainer.gradient_clip_val"
-            )
+            raise DivergenceError(self._divergence(loss, theta))
         return loss
+
+    def _divergence(self, loss: Tensor, theta: Tensor | None) -> str:
+        """Why training stopped, blaming the learning rate of the parameters that broke.
+
+        The parameters after the last update tell: non-finite localisation weights alone point
+        at ``model.loc_lr_mult``, anything else at the base rate. Whether a good checkpoint is
+        left to resume from depends on whether one was saved before this step.
+        """
+        where = f"at epoch {self.current_epoch}, step {self.global_step}"
+        loc = {id(p) for p in self.net.localisation_parameters()}
+        broken = [n for n, p in self.named_parameters() if not torch.isfinite(p).all()]
+        only_loc = bool(broken) and all(
+            id(p) in loc for n, p in self.named_parameters() if n in broken
+        )
+        if theta is not None and only_loc:
+            what, fix = "the localisation network diverged", "a lower model.loc_lr_mult"
+        elif theta is not None and not torch.isfinite(theta).all() and torch.isfinite(loss):
+            what, fix = "the transformer parameters are non-finite", "a lower model.loc_lr_mult"
+        else:
+            what = f"training diverged (train/loss={loss.item()})"
+            fix = "a lower model.optimizer.lr or trainer.gradient_clip_val"
+        saved = any(
+            getattr(cb, "last_model_path", "") or getattr(cb, "best_model_path", "")
+            for cb in self.trainer.checkpoint_callbacks
+        )
+        kept = (
+            "the last good checkpoint is kept"
+            if saved
+            else "no checkpoint was saved before it, so the run starts over"
+        )
+        return f"{what} {where}: {kept}; try {fix}"
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")

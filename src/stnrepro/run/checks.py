@@ -20,6 +20,7 @@ what a training run sees first.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +104,7 @@ NUMERIC_KEYS: dict[str, Numeric] = {
     "model.optimizer.lr": _RATE,
     "model.optimizer.momentum": _NONNEG,
     "model.optimizer.weight_decay": _NONNEG,
+    "threads": Numeric(int, 1, nullable=True),
     "trainer.max_epochs": _COUNT,
     "trainer.log_every_n_steps": _COUNT,
     "trainer.check_val_every_n_epoch": Numeric(int, 1, nullable=True),
@@ -148,6 +150,20 @@ def validate_config(cfg: DictConfig) -> None:
             "best checkpoint by; use test_ckpt=last or data.val_fraction > 0"
         )
     check_numeric_keys(cfg)
+    threads, cores = cfg.get("threads"), usable_cores()
+    if threads is not None and threads > cores:
+        raise ConfigError(
+            f"threads={threads}: this machine lets the run use {cores} CPU cores; expected at "
+            f"most {cores}, or null for torch's default (more threads than cores only crawl)"
+        )
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, e.g. under SLURM or taskset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def check_distributed(cfg: DictConfig, trainer: pl.Trainer) -> None:

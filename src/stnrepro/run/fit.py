@@ -104,6 +104,7 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any])
                 "group": getattr(logger, "_wandb_init", {}).get("group"),
                 "dir": str(logger.save_dir) if logger.save_dir else None,
             }
+            record.save()  # a run killed from now on still names its W&B run
         callbacks = build_callbacks(cfg, logger is not None, datamodule.has_val)
         callbacks += [RNGStateCallback(), RunDefinitionCallback(definition)]
         limit_val = {} if datamodule.has_val else {"limit_val_batches": 0}
@@ -119,8 +120,7 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any])
             **limit_val,
         )
         check_distributed(cfg, trainer)
-        record.data["provenance"] = provenance.collect(trainer, datamodule)
-        record.data["provenance"]["init_from"] = init
+        record.data["provenance"] = provenance.collect(trainer, datamodule, init)
         if resume_from:
             log.info("resuming from %s", resume_from)
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)

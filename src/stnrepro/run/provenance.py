@@ -23,8 +23,6 @@ from typing import Any
 
 import torch
 
-from stnrepro.errors import ConfigError
-
 # Record key -> module whose ``__version__`` is recorded (``python`` is the interpreter's).
 LIBRARIES: dict[str, str] = {
     "torch": "torch",
@@ -40,10 +38,9 @@ _PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the stnrepro package
 
 
 def set_threads(value: Any) -> int:
-    """Apply the config key ``threads`` (null: torch's default); return the count in use."""
+    """Apply the config key ``threads`` (null: torch's default; checked by
+    :func:`stnrepro.run.checks.validate_config`); return the count in use."""
     if value is not None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"threads={value!r}: expected a positive integer or null")
         torch.set_num_threads(value)
         # Lightning's DDP launcher resets torch's count inside fit unless this is set.
         os.environ["OMP_NUM_THREADS"] = str(value)
@@ -117,11 +114,14 @@ def gpu_info(trainer: Any) -> dict[str, Any] | None:
     }
 
 
-def collect(trainer: Any, datamodule: Any) -> dict[str, Any]:
+def collect(
+    trainer: Any, datamodule: Any, init_from: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The record's ``provenance`` for a run about to be fitted by ``trainer``.
 
     Call it after ``set_threads`` and after the trainer is built, so ``threads``,
-    ``gpu`` and ``precision`` are the ones training uses.
+    ``gpu`` and ``precision`` are the ones training uses. ``init_from``: the path and sha256
+    of the checkpoint whose weights the run started from (null: its own initialisation).
     """
     fingerprint = getattr(datamodule, "fingerprint", None)
     return {
@@ -134,4 +134,5 @@ def collect(trainer: Any, datamodule: Any) -> dict[str, Any]:
         "gpu": gpu_info(trainer),
         "precision": str(trainer.precision),
         "dataset": fingerprint() if callable(fingerprint) else None,
+        "init_from": init_from,
     }

@@ -22,6 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import Logger
 
+from stnrepro.errors import ServiceError, one_line
 from stnrepro.records.writer import RecordWriter
 from stnrepro.run.build import build
 from stnrepro.run.context import is_multirun, is_rank_zero
@@ -63,6 +64,9 @@ def build_logger(cfg: DictConfig, output_dir: Path, name: str) -> Logger | None:
         return None
     kwargs: dict[str, Any] = {}
     target = str(cfg.logger.get("_target_", ""))
+    if target.endswith("WandbLogger") and os.environ.get("WANDB_MODE") == "disabled":
+        log.info("W&B: WANDB_MODE=disabled, so this run logs nothing to W&B")
+        return None
     if target.endswith("WandbLogger"):
         group = cfg.logger.get("group")
         if group is None and is_multirun():
@@ -109,10 +113,17 @@ def _start_run(logger: Logger) -> None:
             logger.experiment  # noqa: B018 - creates the run (rank 0; a stand-in elsewhere)
             return
         except Exception as exc:
-            if "is in use" not in str(exc) or time.monotonic() > deadline:
-                raise
-            log.info("W&B run id still held by the interrupted run's process; waiting")
-            time.sleep(2.0)
+            if "is in use" in str(exc) and time.monotonic() <= deadline:
+                log.info("W&B run id still held by the interrupted run's process; waiting")
+                time.sleep(2.0)
+                continue
+            if type(exc).__module__.startswith("wandb"):  # CommError, UsageError, ...
+                raise ServiceError(
+                    f"W&B could not start the run ({type(exc).__name__}: {one_line(exc)[:300]}); "
+                    "check the network and your W&B login, or log offline: WANDB_MODE=offline "
+                    "(upload later with `wandb sync`)"
+                ) from None
+            raise
 
 
 # Run-table summaries: the best validation accuracy over epochs, the final test accuracy.
