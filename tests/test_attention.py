@@ -18,17 +18,17 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
-from stnrepro.attention import (
+from stnrepro.attention.figures import render_attention_figure
+from stnrepro.attention.metrics import (
     AttentionMetrics,
     box_iou,
     part_groups,
     points_in_boxes,
-    render_attention_figure,
 )
-from stnrepro.callbacks import AttentionFigureCallback
 from stnrepro.cli.attention import main as stn_attention
 from stnrepro.data import synth_draw
 from stnrepro.data.transforms import full_view, map_box
+from stnrepro.lightning.callbacks import AttentionFigureCallback
 from stnrepro.models.samplers import crop_boxes, sample
 from stnrepro.models.spatial_transformer import attention_theta
 

@@ -11,10 +11,10 @@ import pytest
 
 from stnrepro.bench import cells
 from stnrepro.bench.cells import CELL_TITLES, CELLS, Lever, parse_lever
-from stnrepro.building import build
 from stnrepro.cli.bench import TINY_BEST, main
 from stnrepro.config import compose_config
 from stnrepro.errors import ConfigError
+from stnrepro.run.build import build
 
 bench = SimpleNamespace(main=main, TINY_BEST=TINY_BEST, CELL_TITLES=CELL_TITLES, CELLS=CELLS)
 

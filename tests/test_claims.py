@@ -13,6 +13,7 @@ from test_table import make_record
 from wandb_records import read_records
 
 from stnrepro.cli import table as cli
+from stnrepro.records.predictions import Predictions, write_predictions
 from stnrepro.records.reader import load_records
 from stnrepro.results.aggregate import aggregate
 from stnrepro.results.render import (
@@ -23,7 +24,6 @@ from stnrepro.results.render import (
     render_terminal,
     write_table,
 )
-from stnrepro.results.stats import Predictions, write_predictions
 
 N_IMAGES = 400
 

@@ -11,15 +11,10 @@ from cub_fixture import PART_NAMES, write_tiny_cub
 from PIL import Image
 
 from stnrepro.data import cub, transforms
-from stnrepro.data.cub import (
-    IMAGENET_MEAN,
-    CUBDataModule,
-    CUBDataset,
-    denormalize,
-    stratified_val_split,
-)
+from stnrepro.data.cub import CUBDataModule, CUBDataset, stratified_val_split
 from stnrepro.data.cub_index import CUBIndex
 from stnrepro.errors import ConfigError, DataError
+from stnrepro.utils.imagenet import IMAGENET_MEAN, denormalize
 
 
 @pytest.fixture

@@ -22,9 +22,9 @@ import pytorch_lightning as pl
 from cub_fixture import write_tiny_cub
 from wandb_records import read_records
 
-from stnrepro.building import build_datamodule
 from stnrepro.errors import ConfigError
-from stnrepro.module import STCNNModule
+from stnrepro.lightning.module import STCNNModule
+from stnrepro.run.build import build_datamodule
 from stnrepro.train import train
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,8 @@ from cub_fixture import write_tiny_cub
 from filelock import FileLock
 
 from stnrepro.errors import ConfigError
-from stnrepro.lifecycle import HOLDER_NAME, LOCK_NAME, run_definition
+from stnrepro.records.definition import run_definition
+from stnrepro.run.folder import HOLDER_NAME, LOCK_NAME
 from stnrepro.train import train
 
 
@@ -86,6 +87,18 @@ def test_a_folder_from_an_older_version_is_refused_not_mixed(cub_root, make_cfg)
         train(cfg)
 
 
+def test_a_finished_folder_written_before_the_regroup_is_still_this_run(cub_root, make_cfg):
+    """Its run_config.json names the old module paths; it is the same run, not another."""
+    cfg = make_cfg(tiny(cub_root))
+    first = train(cfg)
+    path = Path(cfg.paths.output_dir) / "run_config.json"
+    definition = json.loads(path.read_text())
+    assert definition["model._target_"] == "stnrepro.lightning.module.STCNNModule"
+    definition["model._target_"] = "stnrepro.module.STCNNModule"  # as the old layout wrote it
+    path.write_text(json.dumps(definition))
+    assert train(make_cfg(tiny(cub_root))) == first  # finished: nothing to do, not refused
+
+
 def test_keys_that_cannot_change_results_do_not_define_the_run(cub_root, make_cfg):
     base = run_definition(make_cfg(tiny(cub_root)))
     other = run_definition(
@@ -149,7 +162,7 @@ def test_a_run_refused_for_a_bad_value_leaves_its_folder_free_for_the_fix(cub_ro
 
 def test_resuming_waits_while_the_killed_runs_wandb_process_holds_the_id(monkeypatch):
     """After a SIGKILL, W&B's service can keep the run id for a while ("is in use")."""
-    from stnrepro import tracking
+    from stnrepro.run import tracking
 
     class Logger:
         calls = 0

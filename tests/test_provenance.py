@@ -16,7 +16,6 @@ import torch
 from cub_fixture import write_tiny_cub
 from test_train import tiny_overrides
 
-from stnrepro import provenance
 from stnrepro.data.cub import CUBDataModule
 from stnrepro.data.synth_settings import (
     GENERATOR_KEYS,
@@ -26,8 +25,9 @@ from stnrepro.data.synth_settings import (
 )
 from stnrepro.data.synthetic import SynthBirdsDataModule
 from stnrepro.errors import ConfigError
-from stnrepro.lifecycle import run_definition
+from stnrepro.records.definition import run_definition
 from stnrepro.records.reader import read_record_file
+from stnrepro.run import provenance
 from stnrepro.train import train
 
 FIELDS = {

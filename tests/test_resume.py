@@ -99,3 +99,55 @@ def test_missing_checkpoint_path_is_refused(cub_root, make_cfg, tmp_path):
     cfg = make_cfg(overrides(cub_root, tmp_path) + ["logger=none", f"ckpt_path={tmp_path}/x.ckpt"])
     with pytest.raises(ConfigError, match=r"ckpt_path=.*x\.ckpt: file not found"):
         train(cfg)
+
+
+# The last commit before the package was regrouped into run/, lightning/, attention/, utils/.
+BEFORE_REGROUP = "baa5d4db02db8ecca96e99f04747e1eb0c99c5c3"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_a_run_folder_of_the_old_layout_resumes_and_its_checkpoint_loads(cub_root, tmp_path):
+    """A run killed under the version before the regroup (whose run_config.json names the
+    old ``_target_`` paths) resumes under this one, and stn-attention reads its checkpoint."""
+    from stnrepro.cli.attention import main as stn_attention
+
+    have = subprocess.run(
+        ["git", "-C", str(REPO), "cat-file", "-e", f"{BEFORE_REGROUP}^{{commit}}"]
+    )
+    if have.returncode != 0:
+        pytest.skip(f"commit {BEFORE_REGROUP[:7]} is not in this clone (shallow?): cannot run it")
+    old = tmp_path / "old"
+    old.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", BEFORE_REGROUP, "src"], capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+    run_dir = tmp_path / "run"
+    env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stnrepro.train", *overrides(cub_root, run_dir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=env | {"PYTHONPATH": str(old / "src")},
+    )  # fmt: skip
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert record(run_dir)["status"] == "running", "the old run ended before it could be killed"
+    definition = json.loads((run_dir / "run_config.json").read_text())
+    assert definition["model._target_"] == "stnrepro.module.STCNNModule"
+    out = tmp_path / "crops.png"
+    argv = [str(last), "--images", "2", "--out", str(out), "--device", "cpu"]
+    assert stn_attention([*argv, "--num-workers", "0"]) == 0  # the old folder's .hydra config
+    assert out.stat().st_size > 0
+
+    again = subprocess.run(
+        [sys.executable, "-m", "stnrepro.train", *overrides(cub_root, run_dir)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming from {last}" in again.stdout + again.stderr
+    assert record(run_dir)["status"] == "finished"

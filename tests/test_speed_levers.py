@@ -11,7 +11,7 @@ import torch
 
 from stnrepro.config import compose_config
 from stnrepro.errors import ConfigError
-from stnrepro.module import STCNNModule
+from stnrepro.lightning.module import STCNNModule
 
 
 def _module(**kw) -> STCNNModule:

@@ -8,9 +8,9 @@ import torch
 from torchvision import models as tvm
 
 from stnrepro.errors import ConfigError, WeightsUnavailableError
+from stnrepro.lightning.module import STCNNModule
 from stnrepro.models.backbones import build_trunk
 from stnrepro.models.st_cnn import STCNN
-from stnrepro.module import STCNNModule
 
 
 @pytest.mark.parametrize("n", [0, 2, 4])

@@ -10,16 +10,13 @@ import numpy as np
 import pytest
 
 from stnrepro.errors import DataError
+from stnrepro.records.predictions import COLUMNS, Predictions, read_predictions, write_predictions
 from stnrepro.results.stats import (
-    COLUMNS,
     CUB_TEST_IMAGES,
-    Predictions,
     binomial_resolution,
     cell_interval,
     paired_difference,
     paper_resolution_pp,
-    read_predictions,
-    write_predictions,
 )
 
 N = 1000

@@ -136,7 +136,7 @@ def test_model_errors_raised_while_building_are_one_line_before_data_is_read(tmp
 
 def test_model_values_are_validated_once_per_run(cub_root, make_cfg, monkeypatch):
     import stnrepro.models.st_cnn as st_cnn
-    import stnrepro.train as train_module
+    import stnrepro.run.fit as train_module
 
     calls = []
     check = st_cnn.validate_model_args
@@ -154,7 +154,7 @@ def test_model_values_are_validated_once_per_run(cub_root, make_cfg, monkeypatch
 
 def test_logger_summary_gets_the_finished_record(cub_root, make_cfg, monkeypatch):
     """The table reads W&B runs' summary record: it must say finished, not running."""
-    import stnrepro.train as train_module
+    import stnrepro.run.fit as train_module
 
     seen = []
     monkeypatch.setattr(
@@ -173,7 +173,7 @@ def test_short_cpu_run_writes_predictions_matching_its_test_acc(cub_root, make_c
     """
     from wandb_records import read_records
 
-    from stnrepro.results.stats import read_predictions
+    from stnrepro.records.predictions import read_predictions
 
     cfg = make_cfg(tiny_overrides(cub_root, 2)[:-1] + ["logger=wandb"])
     record = train(cfg)
@@ -229,7 +229,7 @@ def test_bad_numeric_values_are_refused_before_work_starts(cub_root, make_cfg, o
 
 
 def test_optimizer_without_momentum_is_not_checked_for_it(make_cfg, tmp_path):
-    from stnrepro.config_values import check_numeric_keys
+    from stnrepro.run.checks import check_numeric_keys
 
     cfg = make_cfg(["model.optimizer._target_=torch.optim.AdamW", "~model.optimizer.momentum"])
     check_numeric_keys(cfg)  # an absent key is fine; its value is not guessed

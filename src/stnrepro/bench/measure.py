@@ -25,11 +25,9 @@ from pytorch_lightning.callbacks import ThroughputMonitor
 from pytorch_lightning.loggers import Logger
 from torch.utils.benchmark import Timer
 
-from stnrepro.building import build_datamodule
+from stnrepro.lightning.module import STCNNModule
 from stnrepro.models.samplers import SAMPLERS, sample_crops
-from stnrepro.module import STCNNModule
-
-PREFETCH_FACTOR = 2  # torch DataLoader default, used by CUBDataModule
+from stnrepro.run.build import build_datamodule
 
 
 def sync(device: torch.device) -> None:

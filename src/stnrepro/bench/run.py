@@ -1,8 +1,8 @@
-"""The benchmark run: settings, results, the order of work, the time budget and --resume.
+"""The benchmark run: the order of work, the time budget and --resume.
 
 Each measurement composes its configuration with :func:`stnrepro.config.compose_config`
 (cell experiment + lever + run settings as overrides), validates it with
-:func:`stnrepro.building.validate_config` and instantiates the model and trainer from it.
+:func:`stnrepro.run.checks.validate_config` and instantiates the model and trainer from it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,77 +32,18 @@ from stnrepro.bench.cells import (
     parse_lever,
 )  # fmt: skip
 from stnrepro.bench.environment import environment
-from stnrepro.building import validate_config
+from stnrepro.bench.outcome import Outcome, Result, Settings
+from stnrepro.bench.report import render_report
 from stnrepro.config import compose_config
+from stnrepro.errors import one_line
+from stnrepro.run.checks import validate_config
 
 
-@dataclass
-class Result:
-    """One measurement (or a skipped/failed one: ``img_s`` None and ``error`` set)."""
-
-    backbone: str
-    cell: str
-    lever: str
-    mode: str  # model | e2e | data
-    batch_size: int
-    precision: str
-    img_s: float | None = None
-    windows: list[float] = field(default_factory=list)
-    peak_gib: float | None = None
-    first_step_s: float | None = None
-    workers: int | None = None
-    error: str | None = None
-    note: str | None = None
-    seconds: float | None = None
-    run: int = 0  # index into the report's runs (several with --resume)
-    overrides: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Settings:
-    """Resolved command-line settings."""
-
-    device: torch.device
-    tiny: bool
-    backbones: list[str]
-    cells: list[str]
-    batch_size: int
-    warmup: int
-    steps: int
-    repeats: int
-    workers: int
-    best: Lever
-    ladder: list[Lever]
-    ablation_cells: list[str]
-    parts: list[str]
-    modes: list[str]
-    compile_backend: str
-    budget_s: float | None
-    data_root: str | None
-    data_cache: str
-    out: Path
-    json_path: Path
-    seed: int
-    resume: bool = False
-
-    @property
-    def e2e_warmup(self) -> int:
-        """Warm-up + the DataLoader's prefetch buffer, filled while the first steps run."""
-        return self.warmup + measure.PREFETCH_FACTOR * self.workers
-
-    def as_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in vars(self).items() if k not in ("best", "ladder")}
-        d.update(device=str(self.device), out=str(self.out), json_path=str(self.json_path),
-                 best=self.best.name, ladder=[lv.name for lv in self.ladder],
-                 e2e_warmup=self.e2e_warmup)  # fmt: skip
-        return d
-
-
-def short_error(exc: BaseException) -> str:
+def run_error(exc: BaseException) -> str:
+    """A failed measurement's note: ``Type: message`` in one line (:func:`one_line`)."""
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return "out of GPU memory"
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
+    return f"{type(exc).__name__}: {one_line(exc)[:200]}"
 
 
 class Benchmark:
@@ -149,18 +90,23 @@ class Benchmark:
     def over_budget(self) -> bool:
         return self.s.budget_s is not None and self.elapsed() > self.s.budget_s
 
-    def find(self, backbone: str, cell: str, lever: str, mode: str) -> Result | None:
-        for r in self.results:
-            if (r.backbone, r.cell, r.lever, r.mode) == (backbone, cell, lever, mode):
-                return r
-        return None
+    def outcome(self) -> Outcome:
+        """What has been measured so far, as the report renders it."""
+        return Outcome(
+            s=self.s,
+            argv=self.argv,
+            results=self.results,
+            samplers=self.samplers,
+            data=self.data,
+            runs=self.runs,
+            finished=self.finished,
+            elapsed_s=self.elapsed(),
+        )
 
     def save(self) -> None:
-        from stnrepro.bench.report import render_report
-
         s = self.s
         s.out.parent.mkdir(parents=True, exist_ok=True)
-        s.out.write_text(render_report(self), encoding="utf-8")
+        s.out.write_text(render_report(self.outcome()), encoding="utf-8")
         payload = {
             "runs": self.runs,
             "settings": s.as_dict(),
@@ -235,7 +181,7 @@ class Benchmark:
         s = self.s
         todo: list[Result] = []
         for mode in modes:
-            if self.find(backbone, cell, lever.name, mode) is not None:
+            if self.outcome().find(backbone, cell, lever.name, mode) is not None:
                 continue
             result = self._new_result(backbone, cell, lever, mode)
             if self._reuse(result, lever):
@@ -268,7 +214,7 @@ class Benchmark:
                             setattr(result, key, value)
                         result.img_s = sorted(result.windows)[len(result.windows) // 2]
                     except Exception as exc:  # noqa: BLE001 - one failure must not end the run
-                        result.error = short_error(exc)
+                        result.error = run_error(exc)
                         built = None  # a failure may leave it half-moved or mid-compile
                         measure.free(s.device)
                     self._record(result, t0)
@@ -323,7 +269,7 @@ class Benchmark:
             try:
                 self.samplers = measure.sampler_bench(s.device, s.tiny, s.seed)
             except Exception as exc:  # noqa: BLE001
-                self.samplers = [{"sampler": "all", "error": short_error(exc)}]
+                self.samplers = [{"sampler": "all", "error": run_error(exc)}]
             self.save()
         if "matrix" in s.parts:
             self.run_matrix(s.backbones[0])

@@ -9,7 +9,7 @@ expected in ``<run dir>/checkpoints/`` or in the run dir itself), draws each tra
 crop on the first N test images (PNG, default ``<run dir>/attention/test.png``), and runs
 Lightning's ``Trainer.test`` over the whole test set to print the attention metrics the
 module logs there (IoU with the bird box, box-centre and part hit rates; see
-:mod:`stnrepro.attention`). Boxes and parts are used for this evaluation only. Any problem
+:mod:`stnrepro.attention.metrics`). Boxes and parts are used for this evaluation only. Any problem
 with the inputs is one line ``error: ...`` on stderr and exit status 2.
 """
 
@@ -129,7 +129,7 @@ def build_datamodule(cfg: Any, data_root: str | None, workers: int | None) -> An
 
 def load_model(checkpoint: Path) -> Any:
     """The run's STCNNModule (on the CPU, eval mode)."""
-    from stnrepro.module import STCNNModule
+    from stnrepro.lightning.module import STCNNModule
 
     try:
         model = STCNNModule.load_from_checkpoint(str(checkpoint), map_location="cpu")
@@ -180,9 +180,9 @@ def format_table(
     """Rows = attention metrics (iou, hit_center, hit_head, ...), columns = transformers.
 
     ``metrics`` are keyed ``test/st{i}/<name>``; the row order is that of
-    :class:`~stnrepro.attention.AttentionMetrics` (groups, then parts).
+    :class:`~stnrepro.attention.metrics.AttentionMetrics` (groups, then parts).
     """
-    from stnrepro.attention import part_groups
+    from stnrepro.attention.metrics import part_groups
 
     names = ["iou", "hit_center"] + [f"hit_{key}" for key in part_groups(part_names)]
     width = max(len(n) for n in names)
@@ -198,8 +198,8 @@ def format_table(
 def show(args: argparse.Namespace) -> int:
     import torch
 
-    from stnrepro.attention import datamodule_part_names
-    from stnrepro.callbacks import render_batch_figure
+    from stnrepro.attention.metrics import datamodule_part_names
+    from stnrepro.lightning.callbacks import render_batch_figure
 
     if args.images < 1:
         raise UsageError(f"--images={args.images}: expected a positive integer")

@@ -101,7 +101,7 @@ def _wandb_target(
 
 
 def _wandb_mode() -> str:
-    from stnrepro.tracking import wandb_credentials_present  # deferred: imports Lightning
+    from stnrepro.run.tracking import wandb_credentials_present  # deferred: imports Lightning
 
     if os.environ.get("WANDB_MODE") == "offline" or not wandb_credentials_present():
         return "offline"

@@ -33,10 +33,7 @@ from stnrepro.data.cub_index import INDEX_FILES, CUBIndex
 from stnrepro.data.sampling import SeededEpochSampler, check_seed
 from stnrepro.data.transforms import (
     DEFAULT_RATIO,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     View,
-    denormalize,
     full_view,
     load_view,
     map_box,
@@ -47,11 +44,8 @@ from stnrepro.data.transforms import (
 from stnrepro.errors import ConfigError, DataError
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "CUBDataModule",
     "CUBDataset",
-    "denormalize",
     "stratified_val_split",
 ]
 

@@ -27,11 +27,7 @@ from PIL import Image, ImageFile
 from torchvision.transforms import RandomResizedCrop
 
 from stnrepro.errors import DataError, one_line
-
-#: The per-channel normalisation ImageNet-pretrained trunks expect (the one definition; the
-#: Inception trunk converts from it in ``stnrepro.models.backbones``).
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from stnrepro.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 # Truncated JPEGs must fail loudly instead of decoding as grey padding.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -182,13 +178,3 @@ def to_normalised_tensor(img: Image.Image) -> torch.Tensor:
     arr = np.array(img, dtype=np.uint8, copy=True)
     t = torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
     return t.sub_(_MEAN).div_(_STD)
-
-
-def denormalize(images: torch.Tensor) -> torch.Tensor:
-    """Undo the ImageNet normalisation (for visualisation); works on ``(3,H,W)`` or ``(B,3,H,W)``.
-
-    Not clamped: clamp to [0, 1] yourself before display if the model produced the tensor.
-    """
-    mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype, device=images.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=images.dtype, device=images.device).view(3, 1, 1)
-    return images * std + mean

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 from torchvision import models as tvm
 
-from stnrepro.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from stnrepro.errors import ConfigError, WeightsUnavailableError, one_line
+from stnrepro.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from stnrepro.errors import one_line
-from stnrepro.lifecycle import definition_of
+from stnrepro.records.definition import definition_of
 from stnrepro.records.schema import RECORD_FILENAME, RecordError, RunRecord, fail
 
 # W&B run states that mean "did not finish"; anything not listed and not "finished" is
@@ -26,6 +26,15 @@ _WANDB_FAILED_STATES = frozenset({"failed", "crashed", "killed"})
 
 
 # --------------------------------------------------------------------------- from disk
+
+
+def recorded(output_dir: Path) -> dict[str, Any] | None:
+    """The folder's run record (``metrics.json``) as written, or None if there is none."""
+    try:
+        record = json.loads((output_dir / RECORD_FILENAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _find_record_files(root: Path) -> list[Path]:

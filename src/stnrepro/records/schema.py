@@ -22,10 +22,10 @@ Schema (version 1)::
     predictions     str | null (optional)                the per-image test predictions file
                                                          next to metrics.json (null: no test)
     config          {dotted.key: value} | null           optional: the run definition
-                                                         (``stnrepro.lifecycle.run_definition``)
+                                                         (``stnrepro.records.definition``)
     provenance      object | null                        optional: code, libraries, machine,
                                                          threads, GPU, data (see
-                                                         ``stnrepro.provenance``)
+                                                         ``stnrepro.run.provenance``)
 
 Records written before ``config`` and ``provenance`` existed lack them; readers treat them as
 unknown (the table compares such runs on their cell keys only).
@@ -42,6 +42,7 @@ from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 from stnrepro.errors import StnreproError
+from stnrepro.records.definition import current_names
 
 SCHEMA_VERSION = 1
 RECORD_FILENAME = "metrics.json"
@@ -271,6 +272,7 @@ def _parse_record(data: Any, source: str, config: Mapping[str, Any] | None) -> R
         output_dir=_get(data, "output_dir", "str", source, required=False),
         predictions=_get(data, "predictions", "str", source, required=False),
         schema_version=version,
-        config=_get(data, "config", "dict", source, required=False) or config,
+        config=current_names(_get(data, "config", "dict", source, required=False) or config or {})
+        or None,
         provenance=_get(data, "provenance", "dict", source, required=False),
     )

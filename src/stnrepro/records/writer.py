@@ -8,7 +8,6 @@ warning stays ``running`` and is counted as unfinished.
 
 from __future__ import annotations
 
-import json
 import math
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,9 +15,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from stnrepro.atomic import write_atomic
 from stnrepro.errors import one_line
 from stnrepro.records.schema import CELL_KEYS, RECORD_FILENAME, SCHEMA_VERSION
+from stnrepro.utils.atomic import write_json_atomic
 
 # A failed run's error is cut to this many characters (a DataLoader traceback can be huge).
 MAX_ERROR_CHARS = 2000
@@ -62,11 +61,6 @@ def _json_scalar(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON so that ``path`` holds either the old or the new content, never a mix."""
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 class RecordWriter:

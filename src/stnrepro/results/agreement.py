@@ -1,7 +1,7 @@
 """Runs in one table cell must be the same experiment up to the seed (README, issue 11).
 
 A cell's mean ± std is over seeds only: runs that also differ in any other run-defining key
-(``stnrepro.lifecycle.run_definition``, kept in each record's ``config``) are different
+(``stnrepro.records.definition``, kept in each record's ``config``) are different
 experiments, and averaging them, or dropping one as a "duplicate" of the same seed, would
 make the table lie. Such a cell is refused, naming the keys and values; ``--split-by KEY``
 (``split``) makes one table per value instead. Records without ``config`` (older ones) can

@@ -18,15 +18,10 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
+from stnrepro.records.predictions import Predictions, read_predictions
 from stnrepro.records.schema import PREDICTIONS_FILENAME, RECORD_FILENAME, RunRecord
 from stnrepro.results.model import GROUP_EXTRA, CellStats, Claim, TableRow
-from stnrepro.results.stats import (
-    Predictions,
-    cell_interval,
-    paired_difference,
-    paper_resolution_pp,
-    read_predictions,
-)
+from stnrepro.results.stats import cell_interval, paired_difference, paper_resolution_pp
 
 # The paper's comparisons as (A, B) = ((input px, transformers), ...): B over A.
 PAPER_CLAIMS: tuple[tuple[tuple[int, int], tuple[int, int]], ...] = (

@@ -19,7 +19,6 @@ from typing import Any
 
 from tabulate import SEPARATING_LINE, DataRow, Line, TableFormat, tabulate
 
-from stnrepro.atomic import temp_path
 from stnrepro.results.csv_rows import CsvValue, claims_csv_rows, csv_rows
 from stnrepro.results.layout import (
     EXTRA_TITLE,
@@ -35,6 +34,7 @@ from stnrepro.results.layout import (
     tex_escape,
 )
 from stnrepro.results.model import GROUP_PAPER, GROUP_PRIOR, TableData, TableError
+from stnrepro.utils.atomic import temp_path
 
 # --------------------------------------------------------------------------- text formats
 

@@ -5,11 +5,7 @@ Why: a run's top-1 accuracy on n test images carries binomial noise of its own (
 elsewhere again.  An interval for a cell must carry both sources, and two models scored on
 the SAME images are compared far more tightly by pairing them image by image (Dietterich 1998;
 Bouthillier et al. 2021).  Both need each run's per-image predictions, stored next to the run
-as ``predictions.csv``::
-
-    image_id,label,pred,correct,correct_top5
-    1,0,0,1,1
-    2,0,17,0,1
+as ``predictions.csv`` (:mod:`stnrepro.records.predictions`).
 
 Conventions: accuracies are fractions in [0, 1] (not percent) unless a name ends in ``_pp``;
 every interval is a percentile bootstrap at ``LEVEL`` with ``DRAWS`` draws from a numpy
@@ -19,20 +15,16 @@ must all cover the same test images; "model B minus model A" is the sign of ever
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
 
-from stnrepro.atomic import write_atomic
 from stnrepro.errors import DataError
+from stnrepro.records.predictions import Predictions
 
-COLUMNS = ("image_id", "label", "pred", "correct", "correct_top5")
 LEVEL = 0.95
 DRAWS = 2000
 SEED = 0
@@ -40,49 +32,6 @@ CUB_TEST_IMAGES = 5794  # CUB-200-2011's official test split (train_test_split.t
 _CHUNK = 128  # bootstrap draws per vectorised block: keeps memory ~ _CHUNK x n_images x 8 B
 
 Verdict = Literal["confirmed", "contradicted", "inconclusive"]
-
-
-@dataclass(frozen=True, eq=False)
-class Predictions:
-    """One run's predictions on a test set, one entry per image, sorted by ``image_id``.
-
-    ``correct`` is top-1 (``label == pred``); ``correct_top5`` is whether the label is among
-    the five highest scores.  ``source`` names where they came from, for error messages.
-    Columns are numpy arrays, so instances compare by identity (``eq=False``).
-    """
-
-    image_id: np.ndarray
-    label: np.ndarray
-    pred: np.ndarray
-    correct: np.ndarray
-    correct_top5: np.ndarray
-    source: str = "predictions"
-
-    def __post_init__(self) -> None:
-        arrays = [np.asarray(getattr(self, name)).ravel() for name in COLUMNS]
-        if len({a.size for a in arrays}) != 1 or arrays[0].size == 0:
-            sizes = ", ".join(f"{n}={a.size}" for n, a in zip(COLUMNS, arrays, strict=True))
-            raise DataError(f"{self.source}: expected equally long, non-empty columns ({sizes})")
-        order = np.argsort(arrays[0], kind="stable")
-        ids = arrays[0][order]
-        if np.any(ids[1:] == ids[:-1]):
-            dup = ids[1:][ids[1:] == ids[:-1]][0]
-            raise DataError(f"{self.source}: image_id {dup} appears twice: expected unique ids")
-        kinds = (np.int64, np.int64, np.int64, bool, bool)
-        for name, a, kind in zip(COLUMNS, arrays, kinds, strict=True):
-            object.__setattr__(self, name, a[order].astype(kind))
-        if np.any(self.correct != (self.label == self.pred)) or np.any(
-            self.correct & ~self.correct_top5
-        ):
-            raise DataError(
-                f"{self.source}: expected correct == (label == pred) and correct_top5 true "
-                "wherever correct is"
-            )
-
-    @property
-    def accuracy(self) -> float:
-        """Top-1 accuracy as a fraction."""
-        return float(self.correct.mean())
 
 
 @dataclass(frozen=True)
@@ -108,59 +57,6 @@ class Difference:
     hi: float
     verdict: Verdict
     resolution: float
-
-
-def write_predictions(path: str | Path, predictions: Predictions) -> None:
-    """Write ``predictions.csv`` whole or not at all (``stnrepro.atomic``)."""
-    text = io.StringIO(newline="")
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    columns = [getattr(predictions, name).astype(np.int64).tolist() for name in COLUMNS]
-    writer.writerows(zip(*columns, strict=True))
-    write_atomic(path, text.getvalue())
-
-
-def read_predictions(path: str | Path) -> Predictions:
-    """Read ``predictions.csv``; bad input raises DataError ``path:line: ... expected ...``."""
-    path = Path(path)
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows or tuple(c.strip() for c in rows[0]) != COLUMNS:
-        got = ",".join(rows[0]) if rows else "an empty file"
-        raise DataError(f"{path}:1: expected header {','.join(COLUMNS)!r}, got {got!r}")
-    values: list[list[int]] = []
-    seen: dict[int, int] = {}
-    for line, row in enumerate(rows[1:], start=2):
-        if len(row) != len(COLUMNS):
-            raise DataError(f"{path}:{line}: expected {len(COLUMNS)} fields, got {len(row)}")
-        ints = []
-        for name, text in zip(COLUMNS, row, strict=True):
-            try:
-                ints.append(int(text))
-            except ValueError:
-                raise DataError(f"{path}:{line}: {name}={text!r}: expected an integer") from None
-        image_id, label, pred, correct, top5 = ints
-        for name, flag in (("correct", correct), ("correct_top5", top5)):
-            if flag not in (0, 1):
-                raise DataError(f"{path}:{line}: {name}={flag}: expected 0 or 1")
-        if correct != (label == pred):
-            raise DataError(
-                f"{path}:{line}: correct={correct} with label={label}, pred={pred}: "
-                "expected correct = 1 exactly when label == pred"
-            )
-        if correct and not top5:
-            raise DataError(f"{path}:{line}: correct=1 but correct_top5=0: expected top-5 = 1")
-        if image_id in seen:
-            raise DataError(
-                f"{path}:{line}: image_id={image_id} already on line {seen[image_id]}: "
-                "expected each image once"
-            )
-        seen[image_id] = line
-        values.append(ints)
-    if not values:
-        raise DataError(f"{path}: no predictions: expected rows after the header")
-    table = np.array(values, dtype=np.int64)
-    return Predictions(*(table[:, i] for i in range(len(COLUMNS))), source=str(path))
 
 
 def _correct_matrix(runs: Sequence[Predictions], what: str, top5: bool) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Resuming runs exactly: which checkpoint to resume from, and the RNG state that goes with it.
+"""Random generator state in every checkpoint, so a resumed run draws what the first would have.
 
 Lightning checkpoints restore weights, optimizer, scheduler and loop counters but not the
 random number generators, so a resumed run would draw dropout masks differently from an
@@ -12,56 +12,11 @@ worker seeds from a generator of its own.
 from __future__ import annotations
 
 import random
-import zipfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-
-from stnrepro.errors import ConfigError
-
-
-def resolve_ckpt_path(value: str | None, output_dir: Path) -> str | None:
-    """``ckpt_path`` -> a checkpoint file or None (fresh start).
-
-    ``last`` resumes from ``<output_dir>/checkpoints/last.ckpt`` when it exists, so rerunning
-    a command in the same output directory (or a requeued SLURM job) continues the run.
-    A checkpoint that is not a whole ``torch.save`` file is refused before anything starts.
-    """
-    if value is None or str(value).lower() in ("", "none", "null"):
-        return None
-    if value == "last":
-        last = output_dir / "checkpoints" / "last.ckpt"
-        if not last.is_file():
-            return None
-        path = last
-    else:
-        path = Path(value)
-        if not path.is_file():
-            raise ConfigError(
-                f"ckpt_path={value}: file not found (expected a Lightning checkpoint file, "
-                "'last' or null)"
-            )
-    _check_readable(path)
-    return str(path)
-
-
-def _check_readable(path: Path) -> None:
-    """Cheap check that ``path`` is a whole checkpoint, not one cut short (a full disk, a kill).
-
-    ``torch.save`` writes zip archives whose central directory is at the very end, so
-    opening one reads only that directory and fails on a truncated file.
-    """
-    try:
-        with zipfile.ZipFile(path):
-            pass
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ConfigError(
-            f"{path}: not a readable checkpoint ({exc}), e.g. cut short by a full disk; "
-            "delete it and rerun (the run starts over), or pass ckpt_path=null"
-        ) from None
 
 
 def _numpy_state_to_plain(state: tuple) -> dict[str, Any]:

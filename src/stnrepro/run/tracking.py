@@ -1,9 +1,9 @@
-"""Which process owns a run's files, and Weights & Biases: the logger, its run identity,
-the summaries the dashboard shows, and ending each job's run.
+"""Weights & Biases: the logger, its run identity, the summaries the dashboard shows, and
+ending each job's run.
 
-Under DDP every rank runs the job, but only global rank 0 (:func:`is_rank_zero`) holds the
-output folder and writes files or W&B runs. A run's W&B id is kept in its output folder, so
-a resumed run continues the same W&B run; without credentials W&B logs offline.
+Only the process that owns the run's files (:func:`stnrepro.run.context.is_rank_zero`)
+creates a W&B run. A run's W&B id is kept in its output folder, so a resumed run continues
+the same W&B run; without credentials W&B logs offline.
 """
 
 from __future__ import annotations
@@ -20,31 +20,14 @@ from typing import Any
 from urllib.parse import urlparse
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import Logger
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from stnrepro.building import build
 from stnrepro.records.writer import RecordWriter
+from stnrepro.run.build import build
+from stnrepro.run.context import is_multirun, is_rank_zero
 
 log = logging.getLogger("stnrepro")
-
-
-def is_rank_zero() -> bool:
-    """True in the process that owns the run's files: the only one, or DDP's global rank 0.
-
-    Under DDP every rank runs :func:`train` with the same config, but only rank 0 holds the
-    output folder, writes ``run_config.json``, the record, ``predictions.csv`` and the W&B
-    run; the other ranks train and write nothing. Lightning's ``rank_zero_only.rank`` is
-    read from the environment (``RANK``, ``LOCAL_RANK``, ``SLURM_PROCID``) when Lightning is
-    imported, so it is right before the Trainer exists, and the DDP strategy updates it.
-    """
-    return rank_zero_only.rank == 0
-
-
-def is_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def wandb_credentials_present() -> bool:

@@ -13,8 +13,8 @@ from pytorch_lightning.loggers import WandbLogger
 from torch import Tensor
 from torch.utils.data import default_collate
 
-from stnrepro.attention import render_attention_figure
-from stnrepro.data.transforms import denormalize
+from stnrepro.attention.figures import render_attention_figure
+from stnrepro.utils.imagenet import denormalize
 
 log = logging.getLogger("stnrepro")
 

@@ -1,6 +1,10 @@
-"""The numeric config keys checked before a run starts: one table of key -> kind and range.
+"""The checks of a run's config that come before anything is read, built or started.
 
-Why: a value of the wrong type (``trainer.max_epochs=abc``) otherwise reaches a constructor
+The numeric keys are checked from one table of key -> kind and range (:data:`NUMERIC_KEYS`);
+:func:`validate_config` runs it with the run-level checks; :func:`check_distributed` refuses
+DDP settings that would fail once processes have started.
+
+Why a table: a value of the wrong type (``trainer.max_epochs=abc``) otherwise reaches a constructor
 or a comparison deep inside Lightning or the model and ends as a bare ``TypeError``, and a
 degenerate number (``trainer.max_epochs=0`` records an untrained run as finished; ``-1``
 trains forever) is not an error at all. :func:`check_numeric_keys` refuses both in one line,
@@ -19,11 +23,15 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.accelerators import CPUAccelerator
+from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 
 from stnrepro.errors import ConfigError
+from stnrepro.run.context import is_multirun
 
-__all__ = ["NUMERIC_KEYS", "Numeric", "check_numeric_keys"]
+__all__ = ["NUMERIC_KEYS", "Numeric", "check_distributed", "check_numeric_keys", "validate_config"]
 
 
 @dataclass(frozen=True)
@@ -106,3 +114,42 @@ def check_numeric_keys(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT and not rule.accepts(value):
             raise ConfigError(f"{key}={_show(value)}: expected {rule.expected()}")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Cheap checks of the run-level keys, before any data is read or model built.
+
+    The numeric keys' types and ranges come from one table,
+    :data:`~stnrepro.run.checks.NUMERIC_KEYS`. The model's own values (``model.*``,
+    ``data.image_size`` against the backbone) are checked by
+    :func:`~stnrepro.models.st_cnn.validate_model_args` when :func:`train` builds the model,
+    which it does before the data module reads anything.
+    """
+    for key in ("data", "model", "trainer"):
+        if not cfg.get(key):
+            raise ConfigError(f"{key}: missing config group (expected e.g. {key}=...)")
+    if cfg.get("test_ckpt") not in ("last", "best"):
+        raise ConfigError(f"test_ckpt={cfg.get('test_ckpt')!r}: expected 'last' or 'best'")
+    check_numeric_keys(cfg)
+
+
+def check_distributed(cfg: DictConfig, trainer: pl.Trainer) -> None:
+    """Refuse, before any process starts, DDP settings that would fail once they have.
+
+    Lightning's DDP without a cluster that starts the ranks (SLURM, torchrun) starts them by
+    re-running this command with ``hydra.run.dir`` pinned to this run's folder; in a multirun
+    that would rerun the whole sweep in every extra rank.
+    """
+    if cfg.trainer.get("sync_batchnorm") and isinstance(trainer.accelerator, CPUAccelerator):
+        raise ConfigError(
+            "trainer.sync_batchnorm=true: torch's SyncBatchNorm runs on GPUs only; on CPU set "
+            "trainer.sync_batchnorm=false"
+        )
+    if is_multirun() and isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
+        raise ConfigError(
+            f"trainer.strategy={cfg.trainer.get('strategy')!r} with "
+            f"trainer.devices={cfg.trainer.get('devices')!r} in a multirun: Lightning would "
+            "start the other ranks by rerunning the whole sweep; run each job as its own "
+            "command, or under SLURM (hydra/launcher=slurm_gpu with "
+            "hydra.launcher.tasks_per_node=trainer.devices)"
+        )

@@ -31,29 +31,22 @@ import math
 import re
 from collections.abc import Sequence
 
-import numpy as np
 import torch
-from matplotlib import patheffects
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.patches import Polygon, Rectangle
 from torch import Tensor
 from torchmetrics import Metric
 
-from stnrepro.models.samplers import crop_boxes, crop_corners
+from stnrepro.models.samplers import crop_boxes
 
 __all__ = [
     "BODY_PARTS",
     "GROUPS",
     "HEAD_PARTS",
-    "TRANSFORMER_COLOURS",
     "AttentionMetrics",
     "box_iou",
     "datamodule_part_names",
     "normalise_part_name",
     "part_groups",
     "points_in_boxes",
-    "render_attention_figure",
 ]
 
 #: Base part names (side prefix removed) in the head group: CUB's crown, forehead, nape, eyes,
@@ -68,12 +61,6 @@ BODY_PARTS: frozenset[str] = frozenset({"back", "breast", "belly", "wing", "wing
 GROUPS: dict[str, frozenset[str]] = {"head": HEAD_PARTS, "body": BODY_PARTS}
 _SIDES = ("left_", "right_", "near_", "far_")
 _RESERVED = frozenset(GROUPS) | {"center"}
-
-#: One colour per transformer (matplotlib's tab10 order), shared by boxes and crop frames.
-TRANSFORMER_COLOURS: tuple[str, ...] = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- part names
@@ -218,68 +205,3 @@ class AttentionMetrics(Metric):
                 hits = self.part_hits[i, idx].sum()
                 out[f"st{i}/hit_{key}"] = torch.where(count > 0, hits / count, nan)
         return {k: v.float() for k, v in out.items()}
-
-
-# --------------------------------------------------------------------------- figure
-
-
-def _to_hwc(image: Tensor) -> np.ndarray:
-    return image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-
-
-def render_attention_figure(
-    images: Tensor,
-    theta: Tensor,
-    crops: Sequence[Tensor],
-    bbox: Tensor | None = None,
-    titles: Sequence[str] | None = None,
-    panel_inches: float = 1.8,
-) -> Figure:
-    """One row per image: the image with each crop outlined in its transformer's colour (the
-    ground-truth box dashed white on black, if given), then the N crops framed in the same colours.
-
-    ``images`` (B, 3, H, W) and ``crops`` (N tensors (B, 3, S, S)) are display images in
-    [0, 1] (denormalised); ``theta`` (B, N, 2, 3). Built with the object-oriented API on an
-    Agg canvas, so it is safe in training processes without a display and never touches
-    pyplot's global figure list. ``titles`` optionally labels each row (e.g. image ids).
-    """
-    b, n = images.shape[0], theta.shape[1]
-    if len(crops) != n:
-        raise ValueError(f"crops: expected {n} tensors (one per transformer), got {len(crops)}")
-    # Corners, not crop_boxes: an affine crop is drawn with its true (rotated, sheared) outline.
-    corners = crop_corners(theta.detach().float().cpu())  # (B, N, 4, 2)
-    cols = 1 + n
-    fig = Figure(figsize=(panel_inches * cols, panel_inches * b + 0.3), dpi=100)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(b, cols, squeeze=False)
-    for r in range(b):
-        ax = axes[r, 0]
-        # extent puts the axes in the normalised frame: pixel edges at -1/+1 (align_corners=False)
-        ax.imshow(_to_hwc(images[r]), extent=(-1, 1, 1, -1), interpolation="nearest")
-        if bbox is not None and bool(torch.isfinite(bbox[r]).all()):
-            x0, y0, x1, y1 = (float(v) for v in bbox[r])
-            gt = Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="white", ls="--", lw=1.2)
-            gt.set_path_effects([patheffects.withStroke(linewidth=2.6, foreground="black")])
-            ax.add_patch(gt)
-        for i in range(n):
-            colour = TRANSFORMER_COLOURS[i % len(TRANSFORMER_COLOURS)]
-            ax.add_patch(Polygon(corners[r, i].numpy(), closed=True, fill=False, ec=colour, lw=2))
-        ax.set_xlim(-1, 1)
-        ax.set_ylim(1, -1)
-        if titles is not None:
-            ax.set_ylabel(str(titles[r]), fontsize=7)
-        for i in range(n):
-            cax = axes[r, 1 + i]
-            cax.imshow(_to_hwc(crops[i][r]), interpolation="nearest")
-            colour = TRANSFORMER_COLOURS[i % len(TRANSFORMER_COLOURS)]
-            for spine in cax.spines.values():
-                spine.set_edgecolor(colour)
-                spine.set_linewidth(3)
-        for a in axes[r]:
-            a.set_xticks([])
-            a.set_yticks([])
-    axes[0, 0].set_title("input (GT box dashed)" if bbox is not None else "input", fontsize=8)
-    for i in range(n):
-        axes[0, 1 + i].set_title(f"ST {i} crop", fontsize=8)
-    fig.tight_layout(pad=0.3)
-    return fig

@@ -25,7 +25,7 @@ import torch
 from fsspec.utils import get_protocol
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from stnrepro.atomic import write_atomic
+from stnrepro.utils.atomic import write_atomic
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -36,7 +36,7 @@ LIBRARIES: dict[str, str] = {
     "numpy": "numpy",
     "pillow": "PIL",
 }
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the stnrepro package
 
 
 def set_threads(value: Any) -> int:

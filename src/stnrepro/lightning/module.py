@@ -5,7 +5,7 @@ Logged metrics (the sweep, table and docs rely on these names): ``{stage}/loss``
 per-transformer statistics ``{stage}/st{i}/{tx,ty,s}_{mean,std}`` and
 ``{stage}/st{i}/outside`` (fraction of the crop outside the image), so that collapse or
 drift shows in the dashboard. On val/test, where the dataset has boxes and parts, also
-where the transformers look (``stnrepro.attention``): ``{stage}/st{i}/iou`` with the bird
+where the transformers look (``stnrepro.attention.metrics``): ``{stage}/st{i}/iou`` with the bird
 box, ``hit_center``, ``hit_head``, ``hit_body`` and ``hit_<part>`` rates.
 
 After a test epoch ``test_predictions`` holds the per-image predictions (columns image_id,
@@ -26,7 +26,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from stnrepro.attention import AttentionMetrics, datamodule_part_names
+from stnrepro.attention.metrics import AttentionMetrics, datamodule_part_names
 from stnrepro.errors import ConfigError, StnreproError
 from stnrepro.models.samplers import outside_fraction
 from stnrepro.models.st_cnn import STCNN

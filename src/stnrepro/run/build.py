@@ -1,10 +1,10 @@
 """Making a run's objects from its config, with bad values as one-line errors.
 
-Every object a run makes from its config (data, model, logger, callbacks, trainer) is made
-by :func:`build`, so a constructor's refusal reaches the user as the project's one line
-naming the key, never as Hydra's multi-line ``InstantiationException``. The cheap checks of
-the run-level keys (:func:`validate_config`) and of DDP settings (:func:`check_distributed`)
-live here too: they run before any data is read or any process is started.
+Every object made from a config (data, model, logger, callbacks, trainer, by a run, the
+benchmark or ``stn-attention``) is made by :func:`build`, so a constructor's refusal reaches
+the user as the project's one line naming the key, never as Hydra's multi-line
+``InstantiationException``. The cheap checks that come before any building are in
+:mod:`stnrepro.run.checks`.
 """
 
 from __future__ import annotations
@@ -14,16 +14,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from pytorch_lightning.accelerators import CPUAccelerator
-from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from stnrepro.config_values import check_numeric_keys
 from stnrepro.errors import ConfigError, StnreproError, one_line
 
 
@@ -85,23 +80,6 @@ def _constructor_error(node: DictConfig, key: str, cause: BaseException) -> Conf
     return ConfigError(f"{key}.{name}={shown}: {message}")
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Cheap checks of the run-level keys, before any data is read or model built.
-
-    The numeric keys' types and ranges come from one table,
-    :data:`~stnrepro.config_values.NUMERIC_KEYS`. The model's own values (``model.*``,
-    ``data.image_size`` against the backbone) are checked by
-    :func:`~stnrepro.models.st_cnn.validate_model_args` when :func:`train` builds the model,
-    which it does before the data module reads anything.
-    """
-    for key in ("data", "model", "trainer"):
-        if not cfg.get(key):
-            raise ConfigError(f"{key}: missing config group (expected e.g. {key}=...)")
-    if cfg.get("test_ckpt") not in ("last", "best"):
-        raise ConfigError(f"test_ckpt={cfg.get('test_ckpt')!r}: expected 'last' or 'best'")
-    check_numeric_keys(cfg)
-
-
 def build_datamodule(cfg: DictConfig) -> Any:
     """``cfg.data`` instantiated with its index files checked, before any model is built."""
     datamodule = build(cfg.data)
@@ -121,29 +99,3 @@ def build_callbacks(cfg: DictConfig, has_logger: bool, has_val: bool) -> list[pl
             continue  # nothing to monitor; the unmonitored last_checkpoint still saves
         callbacks.append(build(cb_cfg, f"callbacks.{key}"))
     return callbacks
-
-
-def check_distributed(cfg: DictConfig, trainer: pl.Trainer) -> None:
-    """Refuse, before any process starts, DDP settings that would fail once they have.
-
-    Lightning's DDP without a cluster that starts the ranks (SLURM, torchrun) starts them by
-    re-running this command with ``hydra.run.dir`` pinned to this run's folder; in a multirun
-    that would rerun the whole sweep in every extra rank.
-    """
-    if cfg.trainer.get("sync_batchnorm") and isinstance(trainer.accelerator, CPUAccelerator):
-        raise ConfigError(
-            "trainer.sync_batchnorm=true: torch's SyncBatchNorm runs on GPUs only; on CPU set "
-            "trainer.sync_batchnorm=false"
-        )
-    if (
-        HydraConfig.initialized()
-        and HydraConfig.get().mode == RunMode.MULTIRUN
-        and isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher)
-    ):
-        raise ConfigError(
-            f"trainer.strategy={cfg.trainer.get('strategy')!r} with "
-            f"trainer.devices={cfg.trainer.get('devices')!r} in a multirun: Lightning would "
-            "start the other ranks by rerunning the whole sweep; run each job as its own "
-            "command, or under SLURM (hydra/launcher=slurm_gpu with "
-            "hydra.launcher.tasks_per_node=trainer.devices)"
-        )

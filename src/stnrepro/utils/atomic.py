@@ -11,9 +11,11 @@ private 0600, so that others sharing a results folder can read them.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 
 def file_mode() -> int:
@@ -50,6 +52,11 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | memoryview | str) -
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
+    """Write JSON so that ``path`` holds either the old or the new content, never a mix."""
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def _fsync_dir(folder: Path) -> None:
