@@ -69,8 +69,8 @@ examples:
   stn-dash SWEEP --where num_transformers=2 --where image_size=64 --print
 
 In the dashboard: up/down (w/s) move in the runs list, space overlays a run's charts on the
-others, f filters the list (name:..., tag:..., cfg.model.num_transformers:2), o filters the
-selected run's overview (e.g. acc for test/acc.last and val/acc.max), h shows all keys, q quits.
+others, f filters the list (e.g. name:CNN* tag:cpu; for config values use --where here), o
+filters the run's overview (acc: test/acc.last, val/acc.max), h shows all keys, q quits.
 """
 
 
