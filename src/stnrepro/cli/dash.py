@@ -10,20 +10,12 @@ DIR`` lists the run folders directly inside ``DIR``. This command finds every ru
 config values, and makes one folder of symbolic links to their W&B run folders (nothing is
 copied or moved; the run folders stay as they are), then starts ``wandb leet`` on it.
 
-**The folder** (``--out``, default ``<paths.log_dir>/dash/<group>``, or ``.../runs-<hash>``
-when the runs are of several groups) is made afresh on every call: the links of the last
-call are removed, leet's own state file (``.wandb-leet.json``: selected and pinned runs) is
-kept. A folder that stn-dash did not make (no ``.stn-dash`` file in it) is refused unless it
-is empty.
-
-**The links' names** are what leet's runs list shows: ``run-<run name>[ (<marks>)].<the run
-folder's name>``, e.g. ``run-2xST-64-s1 (failed).offline-run-20261202_102543-6df034ed9084``.
-Leet lists entries whose names start with ``run-`` or ``offline-run-`` and takes the run id
-from the ``run-<date>_<time>-<id>`` at the end; names that start with anything else are not
-listed. The marks come from the record: ``failed``, ``interrupted`` (Ctrl-C/SIGTERM; W&B
-itself says failed) and ``unfinished`` (still running, or killed: leet may know nothing of a
-killed run, not even its name), and ``part i of n`` when a resumed run left several W&B run
-folders. W&B run folders under a PATH that belong to no record keep their own name.
+The folder (``--out``, default ``<paths.log_dir>/dash/<group>``) is made afresh on every
+call, keeping leet's own state file. Leet lists entries named ``run-*`` or ``offline-run-*``
+and reads the run id from the ``run-<date>_<time>-<id>`` at the end of the name, so the links
+are named ``run-<run name>[ (<marks>)].<run folder>``: the list reads as our run names, with
+``failed``, ``interrupted`` or ``unfinished`` from the record (W&B says failed for an
+interrupted run and may know nothing of a killed one). Reference: ``docs/dashboard.md``.
 
 Exit status 0; 2 for bad input (one ``error: ...`` line, before any folder is touched);
 1 when the dashboard cannot be started or fails.
