@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TOOLS = ("stn-train", "stn-table", "stn-data", "stn-attention", "stn-bench")
+TOOLS = ("stn-train", "stn-table", "stn-data", "stn-attention", "stn-bench", "stn-dash")
 
 
 def run(args: list, **kwargs) -> subprocess.CompletedProcess:

@@ -8,6 +8,7 @@ the same W&B run; without credentials W&B logs offline.
 
 from __future__ import annotations
 
+import json
 import logging
 import netrc
 import os
@@ -138,16 +139,25 @@ def define_summaries(logger: Logger) -> None:
 
 
 def log_summary(logger: Logger, record: RecordWriter) -> None:
-    """Store the record as the W&B run summary key ``record`` (what the table reads).
+    """Store the record in the W&B run summary, with its status and cell beside it.
 
-    Rank 0 only: elsewhere ``logger.experiment`` is Lightning's no-op stand-in.
+    ``record`` holds the whole record as JSON text (what ``stn-table --wandb`` reads back);
+    ``status`` and ``cell`` repeat the two parts a dashboard should show at a glance. As one
+    text value the record is one summary entry: as a nested dict its config and provenance
+    made some 300 entries, which buried ``test/acc`` and ``val/acc`` in the summary list of
+    W&B's local dashboard (``wandb leet``, which lists every key) and added as many columns
+    to the cloud runs table. Rank 0 only: elsewhere ``logger.experiment`` is Lightning's
+    no-op stand-in.
     """
     if not is_rank_zero():
         return
     experiment = getattr(logger, "experiment", None)
     summary = getattr(experiment, "summary", None)
     if summary is not None:
-        summary["record"] = dict(record.data)
+        data = record.data
+        summary.update(
+            {"record": json.dumps(data), "status": data["status"], "cell": dict(data["cell"])}
+        )
 
 
 def log_artifact(logger: Logger | None, path: Path, kind: str) -> None:
