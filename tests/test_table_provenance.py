@@ -157,3 +157,53 @@ def test_library_versions_and_data_differences_are_named(tmp_path: Path) -> None
         "torch (2.14.1, 2.15.0)",
         "data (cub index ab12cd34, synth_birds_tiny v1 seed 1 01234567)",
     )
+
+
+def test_split_values_that_give_one_file_name_are_refused(tmp_path: Path, capsys) -> None:
+    """``a/b`` and ``a_b`` both became ``-k=a_b``: the second table replaced the first."""
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    write_record(runs, "a", make_record(nt=2, config={"model.sampler": "a/b"}))
+    write_record(runs, "b", make_record(nt=2, config={"model.sampler": "a_b"}))
+    argv = ["--runs", str(runs), "--out", str(out), "--split-by", "model.sampler"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "the values a/b and a_b both give the file name suffix '-model.sampler=a_b'" in err
+    assert not out.exists()
+
+
+def test_control_characters_from_a_record_cannot_break_the_tables_lines(tmp_path: Path) -> None:
+    name = "cub\n\\end{tabular} | x"
+    write_record(tmp_path, "a", make_record(dataset=name))
+    table = aggregate(load_records(tmp_path))
+    assert table.dataset == "cub\\n\\end{tabular} | x"
+    for text in (render_markdown(table), render_latex(table), render_terminal(table)):
+        assert "cub\n" not in text and "cub\\n" in text.replace("\\textbackslash{}", "\\")
+
+
+def test_a_table_to_a_read_only_folder_is_one_line(tmp_path: Path, capsys) -> None:
+    import subprocess
+
+    write_record(tmp_path / "runs", "a", make_record())
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.strip()}")
+    try:
+        assert cli.main(["--runs", str(tmp_path / "runs"), "--out", str(ro)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"stn-table: error: {ro}: cannot write the table (Read-only file system)"
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+def test_values_matplotlib_cannot_plot_are_one_line(tmp_path: Path, capsys) -> None:
+    write_record(tmp_path / "runs", "a", make_record(extra_metrics={"test/loss": 1e308}))
+    write_record(tmp_path / "runs", "b", make_record(seed=1, extra_metrics={"test/loss": 0.1}))
+    out = tmp_path / "out"
+    argv = ["--runs", str(tmp_path / "runs"), "--out", str(out), "--metric", "test/loss"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cub_table.png: cannot plot the test/loss values" in err and "\n" not in err
+    assert not out.exists()

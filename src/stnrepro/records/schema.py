@@ -299,9 +299,27 @@ def _as_float(value: int | float, key: str, source: str) -> float:
         ) from None
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def visible(value: Any) -> Any:
+    """``value`` with every control character in its strings (keys too) written as an escape
+    (a newline as ``\\n``): whatever a record says is printed by the table as one line of
+    text, and cannot start a new Markdown row or LaTeX line."""
+    if isinstance(value, str):
+        return _CONTROL.sub(lambda m: repr(m.group())[1:-1], value)
+    if isinstance(value, Mapping):
+        return {visible(k): visible(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [visible(v) for v in value]
+    return value
+
+
 def _parse_record(data: Any, source: str, config: Mapping[str, Any] | None) -> RunRecord:
     if not isinstance(data, Mapping):
         raise fail(source, f"expected a JSON object, got {_type_name(data)}")
+    data = visible(data)
+    config = None if config is None else visible(config)
     version = _get(data, "schema_version", "int", source)
     if version != SCHEMA_VERSION:
         raise fail(

@@ -81,7 +81,16 @@ def split(records: Sequence[RunRecord], keys: Sequence[str]) -> list[tuple[str, 
         if all(values[i] == _UNSET for values in groups):
             raise TableError(f"--split-by {key}: no run has this config key")
     out = []
+    named: dict[str, tuple[str, ...]] = {}
     for values in sorted(groups):
         suffix = "".join(f"-{k}={v}" for k, v in zip(keys, values, strict=True))
-        out.append((re.sub(r"[^A-Za-z0-9_.=+-]+", "_", suffix), groups[values]))
+        safe = re.sub(r"[^A-Za-z0-9_.=+-]+", "_", suffix)
+        if safe in named:  # two values, one file name: the second table would replace the first
+            raise TableError(
+                f"--split-by {', '.join(keys)}: the values {', '.join(named[safe])} and "
+                f"{', '.join(values)} both give the file name suffix {safe!r}; split by "
+                "another key, or put the runs under separate directories"
+            )
+        named[safe] = values
+        out.append((safe, groups[values]))
     return out

@@ -8,6 +8,7 @@ records always give byte-identical files; ``write_table`` writes all five atomic
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -19,6 +20,7 @@ from typing import Any
 
 from tabulate import SEPARATING_LINE, DataRow, Line, TableFormat, tabulate
 
+from stnrepro.errors import one_line
 from stnrepro.results.csv_rows import CsvValue, claims_csv_rows, csv_rows
 from stnrepro.results.layout import (
     EXTRA_TITLE,
@@ -259,6 +261,19 @@ def render_plot(table: TableData, path: str | os.PathLike[str]) -> None:
     fig.savefig(path, format="png", metadata={"Software": None})
 
 
+def _plot_or_refuse(table: TableData, path: Path, name: str) -> None:
+    """:func:`render_plot`, with values matplotlib cannot lay out as the table's one line."""
+    try:
+        render_plot(table, path)
+    except (ValueError, OverflowError) as exc:
+        values = [v for r in table.rows if r.stats is not None for v in r.stats.values]
+        extent = f" (values from {min(values):.4g} to {max(values):.4g})" if values else ""
+        raise TableError(
+            f"{name}: cannot plot the {table.metric} values{extent}: {one_line(exc)}; "
+            "nothing was written"
+        ) from None
+
+
 def _annotate(ax: Any, text: str, xy: tuple[float, float], color: str) -> None:
     ax.annotate(
         text, xy, ha="left", va="center", fontsize=7, color=color,
@@ -281,8 +296,9 @@ def _plot_cells(ax: Any, table: TableData, rows: list) -> None:
                 lo = hi = mean
                 if stats.std is not None:
                     lo, hi = mean - stats.std, mean + stats.std
-            ax.errorbar(
-                [x + 0.05], [mean], yerr=[[mean - lo], [hi - mean]], fmt="_", markersize=10,
+            ax.errorbar(  # an interval never sits wholly off its mean, but rounding might
+                [x + 0.05], [mean], yerr=[[max(0.0, mean - lo)], [max(0.0, hi - mean)]],
+                fmt="_", markersize=10,
                 capsize=4, color="black" if stats.interval is not None else "tab:gray",
             )  # fmt: skip
             _annotate(ax, f"{mean:.{table.digits}f}\nn={stats.n}", (x + 0.05, mean), "black")
@@ -399,12 +415,13 @@ def write_table(table: TableData, out_dir: str | os.PathLike[str], name: str) ->
             # of them are renamed into place only once every one is written.
             tmp = temps[suffix] = temp_path(out / f"{name}{suffix}")
             if suffix == ".png":
-                render_plot(table, tmp)
+                _plot_or_refuse(table, tmp, f"{name}{suffix}")
             else:
                 tmp.write_text(texts[suffix], encoding="utf-8", newline="\n")
     except BaseException as exc:
         for tmp in temps.values():
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only folder: never created
+                tmp.unlink(missing_ok=True)
         for d in missing:  # leaf first: remove only directories this call created
             try:
                 d.rmdir()
