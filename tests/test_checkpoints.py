@@ -353,3 +353,54 @@ def test_a_resume_after_the_last_epoch_keeps_the_fit_metrics(cub_root, tmp_path)
     assert again["status"] == "finished"
     assert sorted(again["metrics"]) == sorted(finished["metrics"])
     assert again["metrics"]["val/acc"] == finished["metrics"]["val/acc"]
+
+
+def test_a_disk_that_fills_up_in_the_test_phase_is_recorded_and_one_line(
+    cub_root, make_cfg, small_disk, monkeypatch
+):
+    """Two chained tracebacks, and a record left 'running', before."""
+    from stnrepro.lightning.module import STCNNModule
+
+    disk = small_disk(64 * 1024 * 1024)  # room for training and its checkpoints
+    filled = []
+
+    def fill_the_disk(self):
+        """To the last byte: big blocks first, then ever smaller ones."""
+        with open(disk / "filler", "wb", buffering=0) as f:
+            block = 1 << 20
+            while block:
+                try:
+                    f.write(bytes(block))
+                except OSError:
+                    block //= 2
+        filled.append(True)
+
+    monkeypatch.setattr(STCNNModule, "on_test_start", fill_the_disk, raising=False)
+    cfg = make_cfg(tiny(cub_root, epochs=1) + ["logger=none"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(disk / "run")
+    with pytest.raises(OSError, match="No space left on device"):
+        train(cfg)
+    assert filled, "the disk was to fill up in the test phase, not before"
+    record = record_of(cfg)
+    assert record["status"] == "failed" and "No space left on device" in record["error"]
+    assert not (disk / "run" / "predictions.csv").exists()
+    assert not list((disk / "run").glob(".*.tmp"))  # nothing half written is left
+
+
+def test_a_storage_failure_ends_the_command_in_one_line(tmp_path, monkeypatch, capsys):
+    """The run records it (above); the command says it once, exit 1, not a traceback."""
+    import errno
+
+    import stnrepro.train as entry
+
+    def full(cfg):
+        raise OSError(errno.ENOSPC, "No space left on device", "/x/predictions.csv")
+
+    monkeypatch.setattr(entry, "train", full)
+    monkeypatch.setattr(sys, "argv", ["stn-train", f"hydra.run.dir={tmp_path}", "logger=none"])
+    with pytest.raises(SystemExit) as done:
+        entry.main()
+    assert done.value.code == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert err == ["error: /x/predictions.csv: No space left on device; the run's record says so"]

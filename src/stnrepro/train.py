@@ -7,6 +7,7 @@ a multirun a failing job records ``status: failed`` and the sweep goes on with t
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -24,6 +25,9 @@ __all__ = ["main", "train"]
 
 log = logging.getLogger("stnrepro")
 
+# A run stopped by its storage (full, over quota, read-only, failing) fails in one line.
+STORAGE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def main(cfg: DictConfig) -> float | None:
@@ -36,10 +40,14 @@ def main(cfg: DictConfig) -> float | None:
             return None
         print(f"error: {one_line(exc)}", file=sys.stderr)  # once: not also through the log
         raise SystemExit(1 if isinstance(exc, ServiceError) else 2) from None
-    except Exception:
+    except Exception as exc:
         if is_multirun():  # one failure never costs the sweep: it is in metrics.json
             log.exception("job failed; the sweep goes on")
             return None
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRORS:  # not a bug: say it once
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"error: {where}{exc.strerror}; the run's record says so", file=sys.stderr)
+            raise SystemExit(1) from None
         raise
     metrics = record["metrics"]
     log.info(

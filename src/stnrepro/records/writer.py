@@ -8,6 +8,8 @@ warning stays ``running`` and is counted as unfinished.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 from stnrepro.errors import one_line
 from stnrepro.records.schema import CELL_KEYS, RECORD_FILENAME, SCHEMA_VERSION, model_label
 from stnrepro.utils.atomic import write_json_atomic
+
+# Room set aside next to the record, so that a full disk cannot keep a run's end unrecorded.
+RESERVE_NAME = ".metrics.json.reserve"
+RESERVE_BYTES = 64 * 1024
 
 # A failed run's error is cut to this many characters (a DataLoader traceback can be huge).
 MAX_ERROR_CHARS = 2000
@@ -98,10 +104,30 @@ class RecordWriter:
             "test_images": None,  # the test images it scores (its rows)
         }
         self._t0 = datetime.now(timezone.utc)
+        self._reserved = False
 
     def save(self) -> None:
-        if self.write:
+        """Write the record (atomically). The first save also sets aside a little room
+        (:data:`RESERVE_BYTES`, a hidden file) that a later save may use when the disk is
+        full, so a run that fails for lack of space still records that it failed."""
+        if not self.write:
+            return
+        reserve = self.path.with_name(RESERVE_NAME)
+        try:
             write_json_atomic(self.path, self.data)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not reserve.exists():
+                raise
+            reserve.unlink()
+            write_json_atomic(self.path, self.data)
+        if not self._reserved:
+            self._reserved = True
+            with contextlib.suppress(OSError):  # only a precaution
+                reserve.write_bytes(bytes(RESERVE_BYTES))
+
+    def _release_reserve(self) -> None:
+        if self.write:
+            self.path.with_name(RESERVE_NAME).unlink(missing_ok=True)
 
     def carry_metrics(self, previous: dict[str, Any] | None) -> None:
         """Start from the metrics an earlier attempt of this same run recorded (a resume);
@@ -120,6 +146,7 @@ class RecordWriter:
         elapsed = datetime.now(timezone.utc) - self._t0
         self.data["wall_time_s"] = round(elapsed.total_seconds(), 3)
         self.save()
+        self._release_reserve()  # the run is over
 
     def finish(self) -> None:
         self._end("finished", None)

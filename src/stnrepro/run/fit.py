@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger
 
+from stnrepro.errors import one_line
 from stnrepro.lightning.checkpoint_io import AtomicCheckpointIO
 from stnrepro.lightning.identity import RunDefinitionCallback
 from stnrepro.lightning.rng import RNGStateCallback
@@ -137,10 +138,13 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any])
             log_summary(logger, record)
     except BaseException as exc:
         interruption = _interruption(trainer, exc)
-        if interruption:
-            record.interrupt(interruption[0])
-        else:
-            record.fail(exc)
+        try:
+            if interruption:
+                record.interrupt(interruption[0])
+            else:
+                record.fail(exc)
+        except OSError as write_error:  # keep the run's own error, not the record's
+            log.error("could not record how the run ended: %s", one_line(write_error))
         if logger is not None:
             log_summary(logger, record)
         if interruption:
