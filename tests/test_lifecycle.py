@@ -181,3 +181,24 @@ def test_resuming_waits_while_the_killed_runs_wandb_process_holds_the_id(monkeyp
     monkeypatch.setattr(tracking, "RUN_ID_WAIT_S", 0.0)
     with pytest.raises(RuntimeError, match="is in use"):
         tracking._start_run(Logger())
+
+
+def test_eval_batch_size_changes_the_losses_only_at_float_rounding(cub_root, tmp_path):
+    """What NOT_RUN_DEFINING says of data.eval_batch_size, measured."""
+    from conftest import compose_train
+
+    records = [
+        train(
+            compose_train(
+                [*tiny(cub_root), "logger=none", f"data.eval_batch_size={b}"], tmp_path / str(b)
+            )
+        )
+        for b in (1, 7)
+    ]
+    one, seven = (r["metrics"] for r in records)
+    for key in ("val/acc", "test/acc"):
+        assert one[key] == seven[key], key
+    for key in ("val/loss", "test/loss"):
+        assert one[key] == pytest.approx(seven[key], rel=1e-5), key
+    files = [(tmp_path / str(b) / "predictions.csv").read_bytes() for b in (1, 7)]
+    assert files[0] == files[1]

@@ -44,7 +44,9 @@ NOT_RUN_DEFINING: dict[str, str] = {
     "data.num_workers": "loader processes (augmentation is seeded per image, not per worker)",
     "data.pin_memory": "host-to-GPU copy mode",
     "data.persistent_workers": "whether loader processes are kept between epochs",
-    "data.eval_batch_size": "evaluation batch (eval mode has no batch statistics)",
+    "data.eval_batch_size": "evaluation batch (eval mode has no batch statistics); float kernels "
+    "differ by batch size, so val/test losses can differ in the 7th significant digit, and an "
+    "accuracy only where two classes' scores tie to float32 rounding",
 }
 
 
