@@ -231,7 +231,7 @@ def _table_error(root: Path, capsys) -> str:
     out = root.parent / "out"
     assert cli.main(["--runs", str(root), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("stn-table: error: "), err
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
     assert not out.exists()
     return err
 

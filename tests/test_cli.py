@@ -1,10 +1,8 @@
-"""The ``stn-data`` / ``stn-attention`` commands and the scripts/ shims that call them."""
+"""The commands' one convention: --help with examples, bad input one ``error:`` line, exit 2."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import importlib
 from pathlib import Path
 
 import pytest
@@ -15,22 +13,51 @@ from stnrepro.cli.data import main as stn_data
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize(
-    ("script", "option"),
-    [
-        ("make_synthetic.py", "--images-per-class"),
-        ("check_data.py", "--workers"),
-        ("download_cub.py", "--keep-archive"),
-        ("show_attention.py", "--no-metrics"),
-    ],
-)
-def test_scripts_are_shims_for_the_commands(script: str, option: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / script), "--help"],
-        capture_output=True, text=True, timeout=120, env=env,
-    )  # fmt: skip
-    assert proc.returncode == 0 and option in proc.stdout, proc.stderr
+COMMANDS = {
+    "stn-data": "stnrepro.cli.data",
+    "stn-attention": "stnrepro.cli.attention",
+    "stn-table": "stnrepro.cli.table",
+    "stn-bench": "stnrepro.cli.bench",
+    "stn-dash": "stnrepro.cli.dash",
+}
+
+
+def test_every_console_script_is_listed_here() -> None:
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {"stn-train", *COMMANDS}
+    for name, module in COMMANDS.items():
+        assert scripts[name] == f"{module}:main"
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_follows_one_convention(name: str, capsys) -> None:
+    """--help shows examples (exit 0); an unknown option is one ``error:`` line, exit 2."""
+    main = importlib.import_module(COMMANDS[name]).main
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        out.startswith(f"usage: {name}")
+        and "examples:" in out
+        and name in out.split("examples:")[1]
+    )
+    assert main(["--no-such-option"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+
+
+def test_stn_bench_without_a_gpu_is_one_line_exit_2(capsys) -> None:
+    import torch
+
+    from stnrepro.cli.bench import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["--device", "cuda"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --device cuda: no CUDA device is available on this machine\n"
+    )
 
 
 @pytest.mark.parametrize(

@@ -513,7 +513,7 @@ def test_cli_errors_are_one_line_and_write_nothing(
     out = tmp_path / "out"
     assert cli.main(["--runs", str(path), "--out", str(out), *extra_args]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("stn-table: error: ") and message in err
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err
     assert not out.exists()
 
 

@@ -56,7 +56,7 @@ def test_split_by_gives_one_table_per_value(tmp_path: Path, capsys) -> None:
     write_record(runs, "a", make_record(nt=2, acc=0.8, config={"model.fixed_scale": 0.5}))
     write_record(runs, "b", make_record(nt=2, acc=0.7, config={"model.fixed_scale": 0.3}))
     assert cli.main(["--runs", str(runs), "--out", str(out)]) == 2
-    assert capsys.readouterr().err == f"stn-table: error: {SWEEP_MESSAGE}\n"
+    assert capsys.readouterr().err == f"error: {SWEEP_MESSAGE}\n"
     assert not out.exists()
 
     argv = ["--runs", str(runs), "--out", str(out), "--split-by", "model.fixed_scale"]
@@ -193,7 +193,7 @@ def test_a_table_to_a_read_only_folder_is_one_line(tmp_path: Path, capsys) -> No
     try:
         assert cli.main(["--runs", str(tmp_path / "runs"), "--out", str(ro)]) == 2
         err = capsys.readouterr().err.strip()
-        assert err == f"stn-table: error: {ro}: cannot write the table (Read-only file system)"
+        assert err == f"error: {ro}: cannot write the table (Read-only file system)"
     finally:
         subprocess.run(["umount", "-l", str(ro)], check=False)
 

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+
+#: Errors of the storage rather than of the input (full, over quota, read-only, failing): a
+#: command they stop has failed (exit status 1), it was not given bad input (2).
+STORAGE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+
 
 class StnreproError(ValueError):
     """Base class: the message names the key/file/value and what was expected."""
@@ -22,6 +28,16 @@ class WeightsUnavailableError(StnreproError):
 class ServiceError(StnreproError):
     """A service the run needs (W&B online) cannot be reached: a failure (exit status 1),
     not bad input; the message says how to go on without it."""
+
+
+def exit_status(exc: BaseException) -> int:
+    """The status a command ends with for ``exc``: 1 for a failure (a service that cannot be
+    reached, the storage), 2 for bad input (every other error of ours, other OS errors)."""
+    if isinstance(exc, ServiceError):
+        return 1
+    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRORS:
+        return 1
+    return 2
 
 
 def one_line(exc: BaseException) -> str:

@@ -7,7 +7,6 @@ a multirun a failing job records ``status: failed`` and the sweep goes on with t
 
 from __future__ import annotations
 
-import errno
 import logging
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from stnrepro.config import CONFIG_NAME, CONFIG_PATH
-from stnrepro.errors import ServiceError, StnreproError, one_line
+from stnrepro.errors import STORAGE_ERRORS, StnreproError, exit_status, one_line
 from stnrepro.records.schema import RECORD_FILENAME
 from stnrepro.run.context import is_multirun
 from stnrepro.run.fit import train
@@ -24,9 +23,6 @@ from stnrepro.run.fit import train
 __all__ = ["main", "train"]
 
 log = logging.getLogger("stnrepro")
-
-# A run stopped by its storage (full, over quota, read-only, failing) fails in one line.
-STORAGE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
@@ -39,7 +35,7 @@ def main(cfg: DictConfig) -> float | None:
             log.error("error: %s", one_line(exc))
             return None
         print(f"error: {one_line(exc)}", file=sys.stderr)  # once: not also through the log
-        raise SystemExit(1 if isinstance(exc, ServiceError) else 2) from None
+        raise SystemExit(exit_status(exc)) from None
     except Exception as exc:
         if is_multirun():  # one failure never costs the sweep: it is in metrics.json
             log.exception("job failed; the sweep goes on")

@@ -24,17 +24,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stnrepro.cli.common import ArgumentParser, UsageError, run_command
+from stnrepro.cli.common import UsageError, command_parser, run_command
+from stnrepro.errors import one_line
 
 __all__ = ["build_datamodule", "find_config", "format_table", "main", "run_config"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(
-        prog="stn-attention",
-        description="Draw an ST-CNN checkpoint's crops on test images and print the "
-        "attention metrics over the test set.",
-    )
+    parser = command_parser("stn-attention", __doc__)
     parser.add_argument("checkpoint", help="Lightning checkpoint (<run dir>/checkpoints/*.ckpt)")
     parser.add_argument("--images", type=int, default=8, help="test images to draw (default 8)")
     parser.add_argument(
@@ -108,8 +105,9 @@ def run_config(config: Path, run_dir: Path) -> Any:
 
 def build_datamodule(cfg: Any, data_root: str | None, workers: int | None) -> Any:
     """Instantiate ``cfg.data`` as the training run did, with the command-line overrides."""
-    from hydra.utils import instantiate
     from omegaconf import open_dict
+
+    from stnrepro.run.build import build_datamodule as build_checked
 
     with open_dict(cfg):
         if data_root is not None:
@@ -121,8 +119,7 @@ def build_datamodule(cfg: Any, data_root: str | None, workers: int | None) -> An
         if workers is not None:
             cfg.data.num_workers = workers
         cfg.data.persistent_workers = False
-    datamodule = instantiate(cfg.data)
-    datamodule.validate()
+    datamodule = build_checked(cfg)
     datamodule.setup("test")
     return datamodule
 
@@ -134,8 +131,9 @@ def load_model(checkpoint: Path) -> Any:
     try:
         model = STCNNModule.load_from_checkpoint(str(checkpoint), map_location="cpu")
     except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError, TypeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"{checkpoint}: cannot load as an ST-CNN checkpoint ({reason})") from None
+        raise UsageError(
+            f"{checkpoint}: cannot load as an ST-CNN checkpoint ({one_line(exc)})"
+        ) from None
     return model.eval()
 
 

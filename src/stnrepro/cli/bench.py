@@ -32,6 +32,7 @@ import torch
 
 from stnrepro.bench.cells import BACKBONES, CELLS, NAIVE, parse_lever
 from stnrepro.bench.run import Benchmark, Settings, global_state_kept
+from stnrepro.cli.common import UsageError, command_parser, run_command
 
 DEFAULT_BEST = "bench+bf16+cl+fused+analytic+compile"
 #: The lever ablation, cumulative so that "x previous" is what each lever adds.
@@ -66,11 +67,7 @@ PRESETS: dict[str, tuple[Any, ...]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="stn-bench",
-        description="Training throughput of CNN / ST-CNN cells vs the naive reference.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = command_parser("stn-bench", __doc__)
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     p.add_argument("--tiny", action="store_true", help="CPU CI mode: small backbone and sizes")
     p.add_argument("--quick", action="store_true", help="the ~8 minute H100 preset")
@@ -104,7 +101,7 @@ def resolve(args: argparse.Namespace) -> Settings:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         if args.device == "cuda" and not torch.cuda.is_available():
-            raise SystemExit("--device cuda: no CUDA device is available")
+            raise UsageError("--device cuda: no CUDA device is available on this machine")
         device = torch.device(args.device)
     preset = "tiny" if args.tiny else "quick" if args.quick else "full"
     batch, warmup, steps, repeats, ladder, best, backend, budget = PRESETS[preset]
@@ -113,7 +110,7 @@ def resolve(args: argparse.Namespace) -> Settings:
         ladder_levers = [parse_lever(x) for x in (args.levers or ladder)]
         best_lever = parse_lever(args.best or best)
     except ValueError as exc:
-        raise SystemExit(str(exc)) from None
+        raise UsageError(str(exc)) from None
     if ladder_levers[0].name != NAIVE:
         ladder_levers.insert(0, parse_lever(NAIVE))
     ablation_cells = args.ablation_cells or (
@@ -147,9 +144,14 @@ def resolve(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark, write the Markdown report and JSON, print the report last."""
+    """Run ``stn-bench``; returns the exit status (0 ok, 2 bad input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    s = resolve(build_parser().parse_args(argv))
+    return run_command(build_parser(), lambda args: measure(args, argv), argv)
+
+
+def measure(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Run the benchmark, write the Markdown report and JSON, print the report last."""
+    s = resolve(args)
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)  # no per-fit banners between rows
     with global_state_kept(), warnings.catch_warnings():

@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from stnrepro.cli.common import ArgumentParser, run_command
+from stnrepro.cli.common import command_parser, run_command
 from stnrepro.errors import ConfigError, DataError
 
 __all__ = ["check_image", "main"]
@@ -33,7 +33,7 @@ __all__ = ["check_image", "main"]
 def build_parser() -> argparse.ArgumentParser:
     from stnrepro.data.download import CUB_MD5, CUB_URL
 
-    parser = ArgumentParser(prog="stn-data", description=__doc__.split("\n\n")[0])
+    parser = command_parser("stn-data", __doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     gen = sub.add_parser("generate", help="write a synthetic dataset in the CUB layout")

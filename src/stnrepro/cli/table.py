@@ -8,16 +8,16 @@
 
 Writes ``<name>.md/.csv/.tex/.png`` to ``--out`` and prints the table; with ``--split-by KEY``
 one set per value, ``<name>-KEY=VALUE.*``. Any problem with
-the records is one line on stderr and exit status 2, with nothing written.
+the records is one line on stderr (``error: ...``) and exit status 2, with nothing written.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 
+from stnrepro.cli.common import UsageError, command_parser, run_command
 from stnrepro.errors import StnreproError
 from stnrepro.records.reader import load_records, load_wandb_records
 from stnrepro.records.schema import RECORD_FILENAME, RunRecord
@@ -31,10 +31,7 @@ PROG = "stn-table"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description=f"Regenerate the CUB comparison table from run records ({RECORD_FILENAME}).",
-    )
+    parser = command_parser(PROG, __doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--runs", metavar="PATH", help=f"directory searched recursively for {RECORD_FILENAME}"
@@ -109,40 +106,34 @@ def _wandb_mode() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 2 bad input: nothing written)."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse already printed usage / help
-        return int(exc.code or 0)
+    """Run ``stn-table``; returns the exit status (0 ok, 2 bad input: nothing written)."""
+    return run_command(build_parser(), tabulate_runs, argv)
+
+
+def tabulate_runs(args: argparse.Namespace) -> int:
+    """Read the records, build every table (so all are checked), then write and print them."""
     if args.wandb and not args.group:
-        parser.print_usage(sys.stderr)
-        print(f"{PROG}: error: --wandb needs --group", file=sys.stderr)
-        return 2
-    try:
-        if args.runs is not None:
-            records = load_records(args.runs)
-        else:
-            records = load_wandb_records(args.wandb, args.group)
-        tables = []
-        for suffix, part in split(records, args.split_by):
-            try:
-                table = aggregate(
-                    part,
-                    metric=args.metric,
-                    dataset=args.dataset,
-                    backbone=args.backbone,
-                    pretrained=args.pretrained,
-                    attention=args.with_attention,
-                )
-            except StnreproError as exc:
-                raise TableError(f"{suffix.lstrip('-')}: {exc}" if suffix else str(exc)) from None
-            tables.append(((args.name or default_table_name(table)) + suffix, table))
-        # All tables are built (and so checked) before the first file is written.
-        paths = [write_table(table, args.out, name) for name, table in tables]
-    except StnreproError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"{PROG}: --wandb needs --group")
+    if args.runs is not None:
+        records = load_records(args.runs)
+    else:
+        records = load_wandb_records(args.wandb, args.group)
+    tables = []
+    for suffix, part in split(records, args.split_by):
+        try:
+            table = aggregate(
+                part,
+                metric=args.metric,
+                dataset=args.dataset,
+                backbone=args.backbone,
+                pretrained=args.pretrained,
+                attention=args.with_attention,
+            )
+        except StnreproError as exc:
+            raise TableError(f"{suffix.lstrip('-')}: {exc}" if suffix else str(exc)) from None
+        tables.append(((args.name or default_table_name(table)) + suffix, table))
+    # All tables are built (and so checked) before the first file is written.
+    paths = [write_table(table, args.out, name) for name, table in tables]
     for (name, table), written in zip(tables, paths, strict=True):
         if len(tables) > 1:
             print(f"== {name}")
