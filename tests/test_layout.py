@@ -143,3 +143,19 @@ def test_the_import_finder_sees_imports_inside_functions_and_type_checking(tmp_p
         "def f():\n    from stnrepro import errors\n"
     )
     assert _imports(source) == {"stnrepro.run.fit", "stnrepro.errors"}
+
+
+def test_objects_are_built_from_config_by_the_one_builder():
+    """Hydra's ``instantiate`` is called in run/build.py only, so a constructor's refusal is
+    always the project's one line (never Hydra's wrapped multi-line exception)."""
+    callers = [
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        if p != PACKAGE / "run" / "build.py"
+        and any(
+            isinstance(node, ast.Call)
+            and getattr(node.func, "id", getattr(node.func, "attr", None)) == "instantiate"
+            for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+        )
+    ]
+    assert not callers, f"instantiate called outside run/build.py: {callers}"

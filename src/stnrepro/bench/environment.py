@@ -1,41 +1,31 @@
-"""What the figures depend on: device, driver, library versions, math settings, commit."""
+"""What the figures depend on: device, driver, library versions, math settings, commit.
+
+Git state, CPU name and versions come from :mod:`stnrepro.run.provenance`, as in every run
+record, so a report and a run name the same commit and machine the same way.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import platform
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
+
+from stnrepro.run import provenance
 
 
 def _git_commit() -> str:
-    """Commit of the checkout the package runs from ('unknown' for an installed wheel)."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here,
-                             capture_output=True, text=True)  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here,
-                               capture_output=True, text=True)  # fmt: skip
-    except OSError:
-        return "unknown"
-    commit = out.stdout.strip()
-    if not commit:
+    """The checkout's commit as the run records have it (:func:`provenance.git_state`)."""
+    state = provenance.git_state()
+    if state["commit"] is None:
         return "unknown (not a git checkout)"
-    return commit + (" (+ local changes)" if dirty.stdout.strip() else "")
+    return state["commit"][:12] + (" (+ local changes)" if state["dirty"] else "")
 
 
 def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+    return provenance.cpu_model() or "unknown CPU"
 
 
 def _driver() -> str | None:
@@ -51,17 +41,18 @@ def _driver() -> str | None:
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    import torchvision
-
+    versions = provenance.library_versions()
     env: dict[str, Any] = {
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "device": str(device),
         "device_name": _cpu_name(),
         "cpu": f"{_cpu_name()}, {os.cpu_count()} logical cores",
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "pytorch_lightning": pl.__version__,
-        "python": platform.python_version(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "torch": versions["torch"],
+        "torchvision": versions["torchvision"],
+        "pytorch_lightning": versions["pytorch-lightning"],
+        "python": versions["python"],
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "driver": None,
@@ -85,7 +76,8 @@ def env_lines(env: dict[str, Any]) -> list[str]:
     return [
         f"- Device: **{env.get('gpu', env.get('device_name'))}** (`{env.get('device')}`), "
         f"driver {env.get('driver')}",
-        f"- Host CPU: {env.get('cpu')}",
+        f"- Host CPU: {env.get('cpu')}; vector extensions {env.get('cpu_capability')}, "
+        f"{env.get('threads')} torch threads",
         f"- torch {env.get('torch')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}, "
         f"torchvision {env.get('torchvision')}, pytorch-lightning "
         f"{env.get('pytorch_lightning')}, Python {env.get('python')}",

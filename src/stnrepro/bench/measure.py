@@ -19,7 +19,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ThroughputMonitor
 from pytorch_lightning.loggers import Logger
@@ -27,7 +26,7 @@ from torch.utils.benchmark import Timer
 
 from stnrepro.lightning.module import STCNNModule
 from stnrepro.models.samplers import SAMPLERS, sample_crops
-from stnrepro.run.build import build_datamodule
+from stnrepro.run.build import build, build_datamodule
 
 
 def sync(device: torch.device) -> None:
@@ -80,8 +79,9 @@ def build_trainer(cfg: DictConfig, root: Path, max_steps: int, batches: int) -> 
     """
     clock = ClockRecorder()
     monitor = ThroughputMonitor(batch_size_fn=lambda batch: int(batch["label"].shape[0]))
-    return instantiate(
+    return build(
         cfg.trainer,
+        "trainer",
         callbacks=[monitor],
         logger=clock,
         default_root_dir=str(root),

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from stnrepro.bench import measure
@@ -36,6 +35,7 @@ from stnrepro.bench.outcome import Outcome, Result, Settings
 from stnrepro.bench.report import render_report
 from stnrepro.config import compose_config
 from stnrepro.errors import one_line
+from stnrepro.run.build import build
 from stnrepro.run.checks import validate_config
 
 
@@ -229,7 +229,7 @@ class Benchmark:
         s = self.s
         warmup = s.e2e_warmup if "e2e" in s.modes else s.warmup
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        model = instantiate(cfg.model)
+        model = build(cfg.model)
         batches = warmup + s.steps * s.repeats
         return model, measure.build_trainer(cfg, root, max_steps=batches, batches=batches)
 
