@@ -13,7 +13,7 @@ from cub_fixture import write_tiny_cub
 from filelock import FileLock
 
 from stnrepro.errors import ConfigError
-from stnrepro.records.definition import run_definition
+from stnrepro.records.definition import ADDED_KEYS, run_definition
 from stnrepro.run.folder import HOLDER_NAME, LOCK_NAME
 from stnrepro.train import train
 
@@ -97,6 +97,25 @@ def test_a_finished_folder_written_before_the_regroup_is_still_this_run(cub_root
     definition["model._target_"] = "stnrepro.module.STCNNModule"  # as the old layout wrote it
     path.write_text(json.dumps(definition))
     assert train(make_cfg(tiny(cub_root))) == first  # finished: nothing to do, not refused
+
+
+def test_a_finished_folder_written_before_a_key_was_added_is_still_this_run(cub_root, make_cfg):
+    """Its run_config.json lacks keys added since (init_from); absent means their default."""
+    cfg = make_cfg(tiny(cub_root))
+    first = train(cfg)
+    path = Path(cfg.paths.output_dir) / "run_config.json"
+    definition = json.loads(path.read_text())
+    for key in ADDED_KEYS:
+        del definition[key]  # as a version before the key wrote it
+    path.write_text(json.dumps(definition))
+    assert train(make_cfg(tiny(cub_root))) == first  # finished: nothing to do, not refused
+
+
+def test_added_keys_mean_what_their_config_default_means(cub_root, make_cfg):
+    """An absent key is read as the config's default: if a default changes, old folders
+    would silently be read as the new default; this test makes that a decision."""
+    definition = run_definition(make_cfg(tiny(cub_root)))
+    assert {k: definition[k] for k in ADDED_KEYS} == ADDED_KEYS
 
 
 def test_keys_that_cannot_change_results_do_not_define_the_run(cub_root, make_cfg):

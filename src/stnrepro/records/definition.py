@@ -64,6 +64,14 @@ MOVED_TARGETS: dict[str, str] = {
 }
 
 
+# Run-defining keys added after run folders were first written, with the value that means
+# what happened before the key existed. A definition without one of them is read as having
+# that value, so a folder or record written before the key was added is still its run.
+ADDED_KEYS: dict[str, Any] = {
+    "init_from": None,  # no weights from elsewhere: training started from the model's init
+}
+
+
 def _not_defining(key: str) -> bool:
     if key in DEFINING_AFTER_ALL:
         return False
@@ -90,13 +98,20 @@ def definition_of(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def current_names(definition: Mapping[str, Any]) -> dict[str, Any]:
-    """``definition`` with the ``_target_`` values of moved classes (:data:`MOVED_TARGETS`)
-    replaced by their current paths, so a definition written before a move still compares
-    equal to the same run defined now."""
-    return {
+    """``definition`` in today's terms: the ``_target_`` values of moved classes
+    (:data:`MOVED_TARGETS`) replaced by their current paths, and keys added since
+    (:data:`ADDED_KEYS`) filled in with what they mean when absent, so a definition written
+    before a move or a new key still compares equal to the same run defined now. An empty
+    definition (none recorded) stays empty."""
+    if not definition:
+        return {}
+    current = {
         k: MOVED_TARGETS.get(v, v) if k.endswith("_target_") and isinstance(v, str) else v
         for k, v in definition.items()
     }
+    for key, value in ADDED_KEYS.items():
+        current.setdefault(key, value)
+    return dict(sorted(current.items()))
 
 
 def differing_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
