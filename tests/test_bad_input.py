@@ -12,11 +12,12 @@ import pytest
 from cub_fixture import write_tiny_cub
 
 
-def cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+def cli(args: list[str], tmp_path: Path, mode: list[str] = ()) -> subprocess.CompletedProcess:
     env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     return subprocess.run(
-        [sys.executable, "-m", "stnrepro.train", f"hydra.run.dir={tmp_path}/run", "logger=none",
-         "trainer=cpu", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", *args],
+        [sys.executable, "-m", "stnrepro.train", *mode, f"hydra.run.dir={tmp_path}/run",
+         "logger=none", "trainer=cpu", "trainer.max_epochs=1",
+         "trainer.enable_progress_bar=false", *args],
         capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
 
@@ -62,6 +63,31 @@ def test_unknown_dataset_is_refused_by_hydra_naming_it(tmp_path):
     assert proc.returncode != 0
     assert "Could not find 'data/imagenet'" in proc.stderr
     assert "cub" in proc.stderr  # the available options are listed
+
+
+@pytest.mark.parametrize("mode", ["run", "sweep"])
+def test_an_output_folder_that_is_a_file_is_one_line(tmp_path, mode):
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    key, args = ("hydra.run.dir", []) if mode == "run" else ("hydra.sweep.dir", ["seed=0,1"])
+    proc = cli([*args, f"{key}={taken}/inside"], tmp_path, ["-m"] if mode == "sweep" else [])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    [line] = error_lines(proc)
+    assert f"{key}={taken}/inside" in line and f"{taken} is a file" in line
+    assert "Traceback" not in proc.stderr and taken.read_text() == "not a folder"
+
+
+def test_folder_problem_names_the_file_in_the_way(tmp_path):
+    from stnrepro.run.folder import folder_problem
+
+    (tmp_path / "f").write_text("")
+    assert folder_problem(tmp_path / "new" / "deeper") is None
+    assert folder_problem(tmp_path) is None
+    assert folder_problem(tmp_path / "f") == f"{tmp_path}/f is a file"
+    assert (
+        folder_problem(tmp_path / "f" / "x")
+        == f"{tmp_path}/f is a file (a parent of {tmp_path}/f/x)"
+    )
 
 
 def test_check_data_lists_every_bad_image(tmp_path, capsys):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
 from stnrepro.errors import ConfigError
 from stnrepro.records.definition import (
@@ -38,6 +41,38 @@ from stnrepro.records.schema import RECORD_FILENAME
 
 LOCK_NAME = ".stnrepro.lock"
 HOLDER_NAME = ".stnrepro.holder"
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why no output folder can be at ``path`` (a file there, or a file where one of its
+    parents would be), or None. Hydra would otherwise fail in ``mkdir`` with a traceback."""
+    for at in (path, *path.parents):
+        if at.is_dir():
+            return None
+        if at.exists() or at.is_symlink():
+            what = "a file" if at.is_file() else "not a folder"
+            return f"{at} is {what}" + ("" if at == path else f" (a parent of {path})")
+    return None
+
+
+class OutputFolderCheck(Callback):
+    """Hydra callback: refuse a run or sweep folder that cannot be a folder before Hydra
+    tries to make it, with one ``error:`` line naming the key and exit status 2."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_folder_key(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_folder_key(config, "hydra.sweep.dir")
+
+
+def _check_folder_key(config: DictConfig, key: str) -> None:
+    value = OmegaConf.select(config, key)
+    problem = folder_problem(Path(str(value)))
+    if problem:
+        print(f"error: {key}={value}: {problem}; expected a folder or a path where one can "
+              "be made", file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)
 
 
 def check_same_run(output_dir: Path, definition: Mapping[str, Any]) -> bool:
