@@ -16,6 +16,7 @@ import pytest
 
 from stnrepro.cli import table as cli
 from stnrepro.errors import StnreproError
+from stnrepro.records.definition import current_names
 from stnrepro.records.reader import load_records, record_from_wandb_run
 from stnrepro.records.schema import RecordError, RunRecord
 from stnrepro.results import render as render_mod
@@ -791,13 +792,13 @@ def test_wandb_finished_run_matches_the_local_record() -> None:
     assert record.status == "finished" and record.cell == local.cell
     assert record.metrics == local.metrics and record.finished_at == local.finished_at
     assert record.source == "wandb run abc123 (2xST-224-s1)"
-    assert record.config == data["config"]  # the record's own run definition
+    assert record.config == current_names(data["config"])  # the record's own definition
 
 
 def test_wandb_record_without_config_uses_the_logged_config_flattened() -> None:
     data = make_record(nt=2, seed=1, acc=0.83, config=None, provenance=None)
     record = record_from_wandb_run(fake_run(data))
-    assert record.config == {"model.num_transformers": 2, "seed": 1}
+    assert record.config == {"init_from": None, "model.num_transformers": 2, "seed": 1}
     assert record.provenance is None
 
 
