@@ -187,7 +187,9 @@ class SlurmCluster:
             if ready():
                 return
             time.sleep(0.2)
-        raise SlurmUnavailable(f"no {what} after {START_TIMEOUT_S:.0f} s: {self.log_tail('slurmd')}")
+        raise SlurmUnavailable(
+            f"no {what} after {START_TIMEOUT_S:.0f} s: {self.log_tail('slurmd')}"
+        )
 
     def _node_idle(self) -> bool:
         done = self.run(["sinfo", "-h", "-o", "%t"], check=False)
@@ -230,7 +232,7 @@ class SlurmCluster:
         """The cluster's pending and running jobs: id, name, state, reason."""
         done = self.run(["squeue", "-h", "-o", "%i|%j|%T|%r"], check=False)
         rows = [line.split("|") for line in done.stdout.splitlines() if line.strip()]
-        return [dict(zip(("id", "name", "state", "reason"), row)) for row in rows]
+        return [dict(zip(("id", "name", "state", "reason"), row, strict=False)) for row in rows]
 
     def job(self, job_id: str) -> dict[str, str]:
         """``scontrol show job`` as a dict (JobState, Reason, Restarts, BeginTime, ...)."""
