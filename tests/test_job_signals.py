@@ -90,3 +90,28 @@ def test_ddp_without_a_cluster_is_still_refused_in_a_multirun(monkeypatch, devic
     cfg = OmegaConf.create({"trainer": {"strategy": "ddp", "devices": 2, "sync_batchnorm": False}})
     with pytest.raises(ConfigError, match="rerunning the whole sweep"):
         check_distributed(cfg, trainer)
+
+
+def test_sweep_summary_and_exit_status(tmp_path: Path) -> None:
+    """A sweep with a failed job ends with one line and exit status 1; all finished: 0."""
+    from omegaconf import OmegaConf
+
+    from stnrepro.records.writer import RecordWriter
+    from stnrepro.run.sweep import SweepStatus, summarise
+
+    cell = {"num_transformers": 0, "image_size": 32, "seed": 0}
+    for job, end in (("0", "finish"), ("1", "fail")):
+        writer = RecordWriter(tmp_path / job, cell, epochs=1)
+        (tmp_path / job).mkdir()
+        getattr(writer, end)(*(() if end == "finish" else ("ValueError: boom",)))
+    line, ok = summarise(tmp_path)
+    assert not ok and line == (
+        f"sweep: 1 finished, 1 failed; records under {tmp_path}/<job>/metrics.json"
+    )
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    with pytest.raises(SystemExit) as stopped:
+        SweepStatus().on_multirun_end(config)
+    assert stopped.value.code == 1
+    (tmp_path / "1" / "metrics.json").unlink()
+    (tmp_path / "1").rmdir()
+    SweepStatus().on_multirun_end(config)  # only finished jobs: no exit
