@@ -98,3 +98,46 @@ def test_a_failed_job_on_slurm_makes_the_sweep_exit_1(cluster, cub_root, tmp_pat
     )  # fmt: skip
     assert done.returncode == 1, done.stderr[-3000:]
     assert f"sweep: 1 finished, 1 failed; records under {folder}" in done.stderr
+
+
+def _wait(condition, timeout_s: float, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no {what} after {timeout_s:.0f} s")
+
+
+def test_time_limit_warning_requeues_and_resumes_exactly(cluster, cub_root, tmp_path):
+    """``scancel --signal=USR2`` is what ``--signal=USR2@N`` sends before a time limit: the
+    job checkpoints, is requeued, resumes, and ends byte-identical to an uninterrupted run,
+    with the default loader workers (which must not handle the signal)."""
+    args = [*tiny(cub_root), "trainer.max_epochs=6", "logger=csv", "model.num_transformers=2",
+            "hydra/launcher=slurm_gpu", "hydra.launcher.gpus_per_node=0",
+            "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
+            "hydra.launcher.timeout_min=10"]  # fmt: skip
+    reference = tmp_path / "reference"
+    done = sweep(cluster, [*args, f"hydra.sweep.dir={reference}"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    folder = tmp_path / "requeued"
+    env = cluster.env | {"WANDB_MODE": "offline", "PYTHONPATH": SRC}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stnrepro.train", "-m", *args, f"hydra.sweep.dir={folder}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    metrics = folder / "0" / "csv" / "metrics.csv"
+    _wait(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) > 3, 180, "epochs")
+    (job,) = [j["id"] for j in cluster.jobs() if j["state"] == "RUNNING"]
+    cluster.run(["scancel", "--signal=USR2", job])
+    _wait(lambda: cluster.job(job).get("Restarts", "0") != "0", 120, "requeue")
+    cluster.release(job)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-3000:]
+    for name in ("csv/metrics.csv", "predictions.csv"):
+        assert (folder / "0" / name).read_bytes() == (reference / "0" / name).read_bytes(), name
+    assert json.loads((folder / "0" / "metrics.json").read_text())["status"] == "finished"
+    assert not list((folder / ".submitit").rglob("*.save_tmp"))
