@@ -12,7 +12,7 @@ LOCK := requirements.lock
 LOCK_DATE := 2026-12-01T00:00:00Z
 UV_VERSION := 0.13.9
 
-.PHONY: demo demo-check test lint lock venv clean
+.PHONY: demo demo-check test test-slurm lint lock venv clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,12 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
 	$(PY) -m pytest -q
+
+# --- SLURM: the SLURM tests (tests/test_slurm.py) on a one-node cluster they start themselves.
+# Needs root and `apt-get install slurm-wlm munge`; without them the tests skip saying why.
+test-slurm: $(STAMP)
+	$(PY) -m pytest -q -rs tests/test_slurm.py
+# --- end SLURM
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests

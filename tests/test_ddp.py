@@ -156,7 +156,7 @@ def test_ddp_in_a_local_multirun_is_refused(cub_root, tmp_path):
     command = ddp_command(cub_root, tmp_path / "unused")
     command[3:3] = ["-m", f"hydra.sweep.dir={sweep_dir}"]  # after `python -m stnrepro.train`
     done = run(command)
-    assert done.returncode == 0, done.stderr[-3000:]  # the sweep goes on past a failed job
+    assert done.returncode == 1, done.stderr[-3000:]  # the sweep went on; a job failed
     failed = record(sweep_dir / "0")
     assert failed["status"] == "failed"
     assert "rerunning the whole sweep" in failed["error"]

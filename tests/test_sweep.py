@@ -33,14 +33,14 @@ def tiny(cub_root: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def run_cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], tmp_path: Path, status: int = 0) -> subprocess.CompletedProcess:
     env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
     env.pop("WANDB_API_KEY", None)
     proc = subprocess.run(
         [sys.executable, "-m", "stnrepro.train", "-m", *args],
         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == status, proc.stderr[-3000:]
     return proc
 
 
@@ -73,11 +73,13 @@ def test_2x2_multirun_gives_4_records_4_wandb_runs_and_a_4_cell_table(cub_root, 
 
 def test_a_failing_job_does_not_stop_the_sweep(cub_root, tmp_path):
     sweep = tmp_path / "sweep"
-    run_cli(
+    proc = run_cli(
         [*tiny(cub_root), "data.image_size=32", "model.fixed_scale=0.5,7.0",
          "model.num_transformers=2", "logger=none", f"hydra.sweep.dir={sweep}"],
         tmp_path,
+        status=1,  # the sweep went on, and its exit status says a job failed
     )  # fmt: skip
+    assert f"sweep: 1 finished, 1 failed; records under {sweep}" in proc.stderr
     statuses = {
         json.loads(p.read_text())["status"]: json.loads(p.read_text())
         for p in sweep.glob("*/metrics.json")

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.seed import pl_worker_init_function
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -48,6 +51,30 @@ __all__ = [
     "CUBDataset",
     "stratified_val_split",
 ]
+
+# --------------------------------------------------------------------------- workers
+
+#: Signals a cluster sends to every process of a job step: SLURM's time-limit warning
+#: (``--signal=USR2@N``, what submitit asks for) and Lightning's requeue signal (USR1).
+JOB_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+
+
+def ignore_job_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: loader workers ignore the job's signals, then seed as
+    Lightning would.
+
+    Forked workers inherit the main process's handlers (submitit's checkpoint-and-requeue on
+    USR2), and SLURM signals every process of the step: without this, several processes
+    checkpointed and requeued at once, a worker died, and the job was neither requeued nor
+    recorded as such. Only the main process must handle them. A loader with its own
+    ``worker_init_fn`` gets none from Lightning, so Lightning's seeding (when
+    ``seed_everything(workers=True)`` asked for it) is called from here.
+    """
+    for signum in JOB_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        pl_worker_init_function(worker_id)
+
 
 # --------------------------------------------------------------------------- dataset
 
@@ -324,6 +351,7 @@ class CUBDataModule(pl.LightningDataModule):
             num_workers=workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and workers > 0,
+            worker_init_fn=ignore_job_signals if workers > 0 else None,
         )
 
     def _datasets(self) -> tuple[CUBDataset, CUBDataset | None, CUBDataset]:

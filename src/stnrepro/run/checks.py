@@ -169,16 +169,22 @@ def usable_cores() -> int:
 def check_distributed(cfg: DictConfig, trainer: pl.Trainer) -> None:
     """Refuse, before any process starts, DDP settings that would fail once they have.
 
-    Lightning's DDP without a cluster that starts the ranks (SLURM, torchrun) starts them by
-    re-running this command with ``hydra.run.dir`` pinned to this run's folder; in a multirun
-    that would rerun the whole sweep in every extra rank.
+    Lightning's DDP without a cluster that starts the ranks (SLURM's tasks, torchrun: the
+    cluster environment ``creates_processes_externally``) starts them by re-running this
+    command with ``hydra.run.dir`` pinned to this run's folder; in a multirun that would
+    rerun the whole sweep in every extra rank. Under SLURM the ranks are the job's tasks.
     """
     if cfg.trainer.get("sync_batchnorm") and isinstance(trainer.accelerator, CPUAccelerator):
         raise ConfigError(
             "trainer.sync_batchnorm=true: torch's SyncBatchNorm runs on GPUs only; on CPU set "
             "trainer.sync_batchnorm=false"
         )
-    if is_multirun() and isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
+    launcher = trainer.strategy.launcher
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    # Lightning keeps its subprocess launcher under SLURM too, and only decides at launch to
+    # start nothing when the cluster environment creates the processes (SLURM's tasks).
+    external = bool(getattr(environment, "creates_processes_externally", False))
+    if is_multirun() and isinstance(launcher, _SubprocessScriptLauncher) and not external:
         raise ConfigError(
             f"trainer.strategy={cfg.trainer.get('strategy')!r} with "
             f"trainer.devices={cfg.trainer.get('devices')!r} in a multirun: Lightning would "
