@@ -5,7 +5,7 @@ Files: the four idx files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyt
 ``data.root``. :func:`read_idx` refuses a missing file, a bad magic number, a truncated file
 and image/label counts that disagree, in one line naming the file, before training.
 
-Distortions ([recalled] from the paper's appendix, not verified; see docs/table1.md):
+Distortions ([recalled] from the paper's appendix, not verified):
 
 - ``R``: rotation uniform in +-90 deg.
 - ``RTS``: rotation +-45 deg, scale 0.7-1.2, the 28x28 digit placed at a uniformly random
@@ -79,7 +79,8 @@ def find_idx(root: Path, name: str) -> Path:
             return candidate
     raise DataError(
         f"{root / name}.gz: missing (expected it or {root / name}; "
-        "get the files with `stn-data download mnist|fashion_mnist --out DIR`)"
+        "torchvision.datasets.MNIST or FashionMNIST(DIR, download=True) writes them to "
+        "DIR/<class name>/raw)"
     )
 
 
@@ -400,7 +401,7 @@ class DigitsDataModule(pl.LightningDataModule):
         if not root.is_dir():
             raise DataError(
                 f"data.root={self.root}: no such folder; expected the four idx files of "
-                f"{self.name} (`stn-data download {self.name} --out DIR`"
+                f"{self.name} (torchvision's downloader writes them to DIR/<class name>/raw"
                 + (
                     ", or `apt-get install dataset-fashion-mnist`)"
                     if self.name == "fashion_mnist"
