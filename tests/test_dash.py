@@ -50,16 +50,16 @@ def _env(tmp: Path) -> dict[str, str]:
 def sweep(tmp_path_factory) -> Path:
     """``runs/a``: CNN-32-s0 and 2xST-32-s0 finished; ``runs/b``: CNN-32-s1 diverged."""
     tmp = tmp_path_factory.mktemp("dash")
-    for name, args in (
-        ("a", ["model.num_transformers=0,2"]),
-        ("b", ["seed=1", "model.optimizer.lr=1e30"]),
+    for name, args, status in (
+        ("a", ["model.num_transformers=0,2"], 0),
+        ("b", ["seed=1", "model.optimizer.lr=1e30"], 1),  # a sweep with a failed job exits 1
     ):
         proc = subprocess.run(
             [sys.executable, "-m", "stnrepro.train", "-m", *TINY, *args,
              f"hydra.sweep.dir={tmp / 'runs' / name}"],
             capture_output=True, text=True, timeout=600, env=_env(tmp), cwd=tmp,
         )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.returncode == status, proc.stderr[-3000:]
     return tmp / "runs"
 
 
