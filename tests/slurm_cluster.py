@@ -239,6 +239,19 @@ class SlurmCluster:
         done = self.run(["scontrol", "-o", "show", "job", job_id], check=False)
         return dict(re.findall(r"(\w+)=(\S*)", done.stdout))
 
-    def release(self, job_id: str) -> None:
-        """Start a requeued job now instead of after SLURM's hold of about 2 minutes."""
-        self.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
+    def release(self, job_id: str, restarts: int = 1, timeout_s: float = 120.0) -> None:
+        """Start a requeued job now instead of after SLURM's hold of about 2 minutes.
+
+        Waits until the job is back in the queue (``PENDING``, ``restarts`` counted): a job
+        being requeued counts the restart while still ``COMPLETING``, and SLURM sets the
+        hold when the requeue completes, after a release sent too early.
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            job = self.job(job_id)
+            if job.get("JobState") == "PENDING" and int(job.get("Restarts") or 0) >= restarts:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"job {job_id} not requeued after {timeout_s:.0f} s: {job}")
+        self.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])

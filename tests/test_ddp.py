@@ -95,7 +95,7 @@ def test_ddp_on_cpu_is_one_run_with_whole_test_set_metrics(cub_root, make_cfg, t
     # a single-process test of the same (final = last.ckpt) weights gives the same values.
     lines = (run_dir / "predictions.csv").read_text().splitlines()[1:]
     ids = sorted(int(line.split(",")[0]) for line in lines)
-    datamodule = build_datamodule(make_cfg(data_overrides(cub_root) + ["logger=none"]))
+    datamodule = build_datamodule(make_cfg([*data_overrides(cub_root), "logger=none"]))
     datamodule.setup("test")
     test_set = datamodule.test_set
     assert ids == sorted(int(test_set.index.image_ids[r]) for r in test_set.rows) and len(ids) == 15
@@ -143,9 +143,14 @@ def test_ddp_run_killed_after_a_checkpoint_resumes(cub_root, tmp_path):
 
 def test_sync_batchnorm_on_cpu_is_refused_before_processes_start(cub_root, make_cfg):
     cfg = make_cfg(
-        data_overrides(cub_root)
         # One device: DDP without a second process, so old code failed in this process.
-        + ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1", "logger=none"]
+        [
+            *data_overrides(cub_root),
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=1",
+            "logger=none",
+        ]
     )
     with pytest.raises(ConfigError, match=r"^trainer\.sync_batchnorm=true: .*GPUs only"):
         train(cfg)

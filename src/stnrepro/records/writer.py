@@ -4,6 +4,12 @@ The file is always replaced atomically (write a temporary file, then rename), so
 never sees half a record, and it is written at start (status ``running``), at the end
 (``finished``) and on an error (``failed`` with a one-line ``error``): a run killed without
 warning stays ``running`` and is counted as unfinished.
+
+Attempts: a run that is stopped and continued in the same folder (a resume, a SLURM requeue)
+has one record, rewritten by each attempt. ``started_at``, ``finished_at`` and ``wall_time_s``
+are the latest attempt's; ``attempts`` lists every attempt, oldest first, with its start, end,
+duration, how it ended and why, so a requeued run's whole cost stays visible
+(:meth:`RecordWriter.carry_attempts` copies the earlier ones).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,7 +25,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from stnrepro.errors import one_line
-from stnrepro.records.schema import CELL_KEYS, RECORD_FILENAME, SCHEMA_VERSION, model_label
+from stnrepro.records.schema import (
+    CELL_KEYS,
+    RECORD_FILENAME,
+    SCHEMA_VERSION,
+    is_digit_backbone,
+    model_label,
+)
 from stnrepro.utils.atomic import write_json_atomic
 
 # Room set aside next to the record, so that a full disk cannot keep a run's end unrecorded.
@@ -33,11 +46,21 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def run_name(num_transformers: Any, image_size: Any, seed: Any) -> str:
-    """Readable run name shared by W&B and the record, e.g. ``4xST-448-s1``, ``CNN-224-s0``;
-    ``?`` for a value not known (refused as bad)."""
-    model = "?" if num_transformers is None else model_label(num_transformers)
-    shown = ["?" if v is None else v for v in (image_size, seed)]
+def run_name(cell: Mapping[str, Any]) -> str:
+    """Readable run name shared by W&B and the record, from its ``cell`` (``table_cell``).
+
+    Bird runs: model, input size, seed, e.g. ``4xST-448-s1``, ``CNN-224-s0``. Digit runs
+    (Table 1): model, distortion (the input size when there is none), seed, e.g.
+    ``ST-CNN-TPS-RTS-s0``, ``CNN-R-s1``. Spaces become ``-``: names are used in shell
+    patterns (``stn-dash --name``). ``?`` for a value not known (refused as bad).
+    """
+    nt = cell.get("num_transformers")
+    backbone, transform = cell.get("backbone"), cell.get("transform")
+    model = "?" if nt is None else model_label(nt, backbone, transform).replace(" ", "-")
+    where = cell.get("image_size")
+    if is_digit_backbone(backbone) or cell.get("distortion") is not None:
+        where = cell.get("distortion") or where
+    shown = ["?" if v is None else v for v in (where, cell.get("seed"))]
     return f"{model}-{shown[0]}-s{shown[1]}"
 
 
@@ -47,12 +70,15 @@ def table_cell(cfg: DictConfig) -> dict[str, Any]:
     A value the schema would not accept (``model.num_transformers=-1``,
     ``data.image_size=abc``) is recorded as null: such a run is refused before it starts, its
     record's error names the value, and the record stays readable for the table, which
-    counts it as failed.
+    counts it as failed. A key added after schema 1 (``distortion``) is left out when the
+    run has no value for it, so records of runs without it keep their schema-1 cell.
     """
     cell = {}
     for key in CELL_KEYS:
         value = OmegaConf.select(cfg, key.config)
-        cell[key.name] = value if value is not None and key.accepts(value) else None
+        value = value if value is not None and key.accepts(value) else None
+        if value is not None or not key.added:
+            cell[key.name] = value
     return cell
 
 
@@ -69,7 +95,8 @@ class RecordWriter:
     """Builds and rewrites one run's ``metrics.json``; ``data`` is the record as a dict.
 
     ``write=False`` keeps the record in memory only: DDP ranks other than 0 build the same
-    record (``train`` returns it) but the run has one file, written by rank 0.
+    record (``train`` returns it) but the run has one file, written by rank 0. ``job`` names
+    the batch job this attempt runs in (a SLURM job id), kept in its ``attempts`` entry.
     """
 
     def __init__(
@@ -79,6 +106,7 @@ class RecordWriter:
         epochs: int | None,
         config: dict[str, Any] | None = None,
         write: bool = True,
+        job: str | None = None,
     ) -> None:
         self.write = write
         self.path = Path(output_dir) / RECORD_FILENAME
@@ -86,9 +114,7 @@ class RecordWriter:
             "schema_version": SCHEMA_VERSION,
             "status": "running",
             "error": None,
-            "run_name": run_name(
-                **{k: cell[k] for k in ("num_transformers", "image_size", "seed")}
-            ),
+            "run_name": run_name(cell),
             "started_at": now_iso(),
             "finished_at": None,
             "cell": cell,
@@ -102,8 +128,18 @@ class RecordWriter:
             "predictions": None,  # the predictions file's name, next to metrics.json
             "predictions_sha256": None,  # its sha256 as written
             "test_images": None,  # the test images it scores (its rows)
+            "attempts": [],
         }
         self._t0 = datetime.now(timezone.utc)
+        self.attempt: dict[str, Any] = {
+            "started_at": self.data["started_at"],
+            "ended_at": None,  # stays null when the attempt is killed without warning
+            "wall_time_s": None,
+            "status": "running",
+            "reason": None,  # why it ended, when not finished: the error or the interruption
+            "job": job,
+        }
+        self.data["attempts"].append(self.attempt)
         self._reserved = False
 
     def save(self) -> None:
@@ -136,6 +172,28 @@ class RecordWriter:
         if isinstance(metrics, dict):
             self.data["metrics"] = dict(metrics)
 
+    def carry_attempts(self, previous: dict[str, Any] | None) -> None:
+        """Put the attempts an earlier record of this same run lists before this one.
+
+        A record written before ``attempts`` existed stands for one attempt, made from its
+        own ``started_at``, ``finished_at``, ``wall_time_s``, ``status`` and ``error``.
+        """
+        if not isinstance(previous, dict):
+            return
+        earlier = previous.get("attempts")
+        if not isinstance(earlier, list):
+            earlier = [
+                {
+                    "started_at": previous.get("started_at"),
+                    "ended_at": previous.get("finished_at"),
+                    "wall_time_s": previous.get("wall_time_s"),
+                    "status": previous.get("status"),
+                    "reason": previous.get("error"),
+                    "job": None,
+                }
+            ]
+        self.data["attempts"] = [a for a in earlier if isinstance(a, dict)] + [self.attempt]
+
     def update_metrics(self, metrics: dict[str, Any]) -> None:
         self.data["metrics"].update({k: _json_scalar(v) for k, v in sorted(metrics.items())})
 
@@ -145,6 +203,12 @@ class RecordWriter:
         self.data["finished_at"] = now_iso()
         elapsed = datetime.now(timezone.utc) - self._t0
         self.data["wall_time_s"] = round(elapsed.total_seconds(), 3)
+        self.attempt.update(
+            ended_at=self.data["finished_at"],
+            wall_time_s=self.data["wall_time_s"],
+            status=status,
+            reason=error,
+        )
         self.save()
         self._release_reserve()  # the run is over
 
@@ -152,7 +216,8 @@ class RecordWriter:
         self._end("finished", None)
 
     def interrupt(self, reason: str) -> None:
-        """Stopped from outside (Ctrl-C, SIGTERM); ``reason`` says how to resume."""
+        """Stopped from outside (Ctrl-C, SIGTERM, a SLURM time limit or preemption);
+        ``reason`` names the cause and says how the run continues."""
         self._end("interrupted", reason[:MAX_ERROR_CHARS])
 
     def fail(self, error: BaseException | str) -> None:

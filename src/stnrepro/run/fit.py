@@ -11,6 +11,8 @@ before it propagates.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from stnrepro.run.checks import check_distributed, validate_config
 from stnrepro.run.context import is_rank_zero
 from stnrepro.run.folder import check_same_run, hold_output_dir
 from stnrepro.run.resume import LAST_CHECKPOINT, init_weights, resolve_ckpt_path
+from stnrepro.run.slurm import Ending, JobSignals, job_id
 from stnrepro.run.tracking import build_logger, finish_wandb, log_artifact, log_summary
 
 log = logging.getLogger("stnrepro")
@@ -75,7 +78,21 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any])
         epochs=OmegaConf.select(cfg, "trainer.max_epochs"),
         config=definition,
         write=is_rank_zero(),
+        job=job_id(),
     )
+    # This folder's earlier attempts of the same run (a resume, a requeue) stay listed.
+    record.carry_attempts(recorded(output_dir))
+    with JobSignals() as signals:
+        return _attempt(cfg, output_dir, definition, record, signals)
+
+
+def _attempt(
+    cfg: DictConfig,
+    output_dir: Path,
+    definition: dict[str, Any],
+    record: RecordWriter,
+    signals: JobSignals,
+) -> dict[str, Any]:
     logger: Logger | None = None
     trainer: pl.Trainer | None = None
     try:
@@ -107,7 +124,7 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any])
             }
             record.save()  # a run killed from now on still names its W&B run
         callbacks = build_callbacks(cfg, logger is not None, datamodule.has_val)
-        callbacks += [RNGStateCallback(), RunDefinitionCallback(definition)]
+        callbacks += [RNGStateCallback(), RunDefinitionCallback(definition), signals.callback()]
         limit_val = {} if datamodule.has_val else {"limit_val_batches": 0}
         # Our checkpoint writer joins the plugins the config asks for (e.g. a SLURM
         # environment), which a plain plugins= argument would replace.
@@ -137,20 +154,23 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any])
         if logger is not None:  # after finish(): the W&B copy must say "finished" too
             log_summary(logger, record)
     except BaseException as exc:
-        interruption = _interruption(trainer, exc)
+        ending = _ending(trainer, exc, signals)
         try:
-            if interruption:
-                record.interrupt(interruption[0])
-            else:
+            if ending is None:
                 record.fail(exc)
+            elif ending.status == "failed":
+                record.fail(ending.reason)
+            else:
+                record.interrupt(ending.reason)
         except OSError as write_error:  # keep the run's own error, not the record's
             log.error("could not record how the run ended: %s", one_line(write_error))
         if logger is not None:
             log_summary(logger, record)
-        if interruption:
+        if ending is not None and ending.status == "interrupted":
             # Stopped from outside: stop the whole sweep with the conventional status
-            # instead of starting the next job.
-            raise SystemExit(interruption[1]) from exc
+            # instead of starting the next job; after submitit requeued the job, with
+            # submitit's own exit, whatever else was raised meanwhile.
+            raise SystemExit(ending.exit_status) from exc
         raise
     finally:
         finish_wandb(logger)
@@ -160,21 +180,42 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, definition: dict[str, Any])
 RESUME_HINT = "resume with the same command (ckpt_path=last continues from checkpoints/last.ckpt)"
 
 
-def _interruption(trainer: pl.Trainer | None, exc: BaseException) -> tuple[str, int] | None:
-    """``(record error, exit status)`` when the run was stopped from outside, else None.
+def _stop_watching_loader_workers() -> None:
+    """Let child processes exit unremarked again, now that the attempt is ending.
 
-    Ctrl-C: Lightning catches the KeyboardInterrupt, marks the trainer interrupted and calls
-    ``sys.exit(1)``; outside ``fit`` it arrives as KeyboardInterrupt. SIGTERM: Lightning's
-    own SIGTERMException exits with status 0, and DataLoader workers that die first surface
-    as a RuntimeError; ``trainer.received_sigterm`` tells either way. Exit statuses are the
-    shell's 128 + signal number.
+    A DataLoader with workers installs torch's SIGCHLD handler, which raises "DataLoader
+    worker ... is killed" at every child exit once a worker has died. SLURM's SIGTERM kills
+    the workers with the job, so the handler would raise inside whatever runs next, e.g.
+    the ``scontrol`` call that names the SIGTERM's cause, and the attempt would end with
+    its record still saying "running" and submitit counting the job as done.
     """
-    if trainer is not None and trainer.received_sigterm:
-        return f"interrupted by SIGTERM; {RESUME_HINT}", 143
+    if hasattr(signal, "SIGCHLD") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
+def _ending(trainer: pl.Trainer | None, exc: BaseException, signals: JobSignals) -> Ending | None:
+    """How the attempt was stopped from outside, or None for a failure of the run itself.
+
+    SLURM first (:mod:`stnrepro.run.slurm`: a time-limit warning that submitit requeued or
+    refused to, a SIGTERM that SLURM says was a requeue), because submitit's exit after a
+    requeue reaches Lightning just as Ctrl-C's does. Ctrl-C: Lightning catches the
+    KeyboardInterrupt, marks the trainer interrupted and calls ``sys.exit(1)``; outside
+    ``fit`` it arrives as KeyboardInterrupt. SIGTERM: Lightning's own SIGTERMException
+    exits with status 0, and DataLoader workers that die first surface as a RuntimeError;
+    ``trainer.received_sigterm`` tells either way. Exit statuses are the shell's
+    128 + signal number.
+    """
+    _stop_watching_loader_workers()
+    received_sigterm = trainer is not None and trainer.received_sigterm
+    slurm = signals.ending(received_sigterm)
+    if slurm is not None:
+        return slurm
+    if received_sigterm:
+        return Ending("interrupted", f"interrupted by SIGTERM; {RESUME_HINT}", 143)
     if isinstance(exc, KeyboardInterrupt) or (
         isinstance(exc, SystemExit) and trainer is not None and trainer.interrupted
     ):
-        return f"interrupted by Ctrl-C; {RESUME_HINT}", 130
+        return Ending("interrupted", f"interrupted by Ctrl-C; {RESUME_HINT}", 130)
     return None
 
 
@@ -194,7 +235,7 @@ def _save_predictions(
     if columns is None:
         return
     record.data["predictions"] = PREDICTIONS_FILENAME
-    record.data["test_images"] = int(len(columns["image_id"]))
+    record.data["test_images"] = len(columns["image_id"])
     path = output_dir / PREDICTIONS_FILENAME
     label, pred = columns["label"], columns["pred"]
     predictions = Predictions(
