@@ -5,6 +5,7 @@ is composed from the packaged training configs."""
 from __future__ import annotations
 
 import json
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -132,5 +133,41 @@ def test_every_lever_composes_into_a_config_that_training_accepts(cell):
 
 def test_a_bad_lever_value_is_refused_before_training_naming_the_key():
     cfg = compose_config(["model.compile=fastest"])
-    with pytest.raises(ConfigError, match="model.compile='fastest'"):
+    with pytest.raises(ConfigError, match=re.escape("model.compile='fastest'")):
         build(cfg.model)  # what stn-train and stn-bench do first, before any data is read
+
+
+@pytest.mark.slow
+def test_table1_cpu_mode_measures_every_cell_against_the_tutorial_loop(digits_root, tmp_path):
+    out = tmp_path / "cpu.md"
+    argv = ["--table1", "--data-root", str(digits_root), "--out", str(out),
+            "--batch-size", "8", "--warmup", "1", "--steps", "1", "--repeats", "2",
+            "--levers", "fp32", "cl"]  # fmt: skip
+    assert bench.main(argv) == 0
+    text = out.read_text()
+    assert "## Environment" in text and "tutorial's loop" in text
+    for distortion in ("R", "RTS"):
+        for model in ("CNN", "ST-CNN Aff", "ST-CNN TPS"):
+            row = next(
+                line for line in text.splitlines() if line.startswith(f"| {distortion} | {model} |")
+            )
+            assert "failed" not in row and row.count("x |") == 2, row
+    assert "| `cl` |" in text and "Reached here: ST-CNN Aff on RTS e2e / naive = " in text
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert len(rows) == 6 * 3 + 2
+    assert all(r["error"] is None and r["img_s"] > 0 and len(r["windows"]) == 2 for r in rows)
+    # The recipe is the experiment's, on the real data files: 1-channel 42 px RTS batches.
+    assert {r["mode"] for r in rows} == {"naive", "model", "e2e", "lever"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--device", "cuda"], "--table1 measures the CPU"),
+        (["--levers", "fp32", "turbo"], "unknown token 'turbo'"),
+    ],
+)
+def test_table1_mode_refuses_bad_options_in_one_line(extra, message, capsys):
+    assert bench.main(["--table1", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import idx_bytes, write_digits
 
 from stnrepro.data.digits import (
     DEBIAN_FASHION_MNIST,
@@ -21,31 +23,6 @@ from stnrepro.data.digits import (
 )
 from stnrepro.data.sampling import item_seeds
 from stnrepro.errors import ConfigError, DataError
-
-
-def idx_bytes(array: np.ndarray, magic: int) -> bytes:
-    head = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    return head + array.astype(np.uint8).tobytes()
-
-
-def write_digits(root: Path, n_train: int = 40, n_test: int = 20, gz: bool = True) -> Path:
-    """Tiny idx files: a bright square at a class-dependent place on a 28x28 black image."""
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for split, n in (("train", n_train), ("test", n_test)):
-        labels = np.arange(n) % 10
-        images = np.zeros((n, 28, 28), dtype=np.uint8)
-        for i, c in enumerate(labels):
-            r, col = 4 + 2 * (c % 5), 6 + 8 * (c // 5)
-            images[i, r : r + 8, col : col + 6] = 200 + rng.integers(0, 55)
-        for kind, arr, magic in (("images", images, 2051), ("labels", labels, 2049)):
-            data = idx_bytes(arr, magic)
-            name = IDX_FILES[(split, kind)]
-            if gz:
-                (root / f"{name}.gz").write_bytes(gzip.compress(data))
-            else:
-                (root / name).write_bytes(data)
-    return root
 
 
 def test_read_idx_round_trip(tmp_path):
@@ -75,22 +52,23 @@ def test_broken_idx_refused_naming_the_file(tmp_path, damage, message):
 def test_missing_file_and_count_mismatch_refused(tmp_path):
     root = write_digits(tmp_path / "d")
     (root / f"{IDX_FILES[('test', 'labels')]}.gz").unlink()
-    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: missing"):
+    with pytest.raises(DataError, match=re.escape("t10k-labels-idx1-ubyte.gz: missing")):
         DigitsDataModule(str(root)).validate()
     root = write_digits(tmp_path / "e")
     labels = np.arange(7) % 10
     (root / f"{IDX_FILES[('train', 'labels')]}.gz").write_bytes(
         gzip.compress(idx_bytes(labels, 2049))
     )
-    with pytest.raises(DataError, match="7 labels but train-images-idx3-ubyte.gz has 40 images"):
+    wrong_count = re.escape("7 labels but train-images-idx3-ubyte.gz has 40 images")
+    with pytest.raises(DataError, match=wrong_count):
         DigitsDataModule(str(root)).validate()
 
 
 def test_image_size_must_match_the_canvas(tmp_path):
     root = write_digits(tmp_path / "d")
-    with pytest.raises(ConfigError, match="data.image_size=28: distortion RTS"):
+    with pytest.raises(ConfigError, match=re.escape("data.image_size=28: distortion RTS")):
         DigitsDataModule(str(root), distortion="RTS", image_size=28).validate()
-    with pytest.raises(ConfigError, match="data.distortion='X'"):
+    with pytest.raises(ConfigError, match=re.escape("data.distortion='X'")):
         DigitsDataModule(str(root), distortion="X")
 
 
@@ -101,14 +79,14 @@ def test_distortion_is_a_function_of_the_image_seed(distortion, size):
     images = torch.zeros(4, 28, 28, dtype=torch.uint8)
     images[:, 6:22, 10:18] = 255
     seeds = np.array([5, 6, 7, 8])
-    a = distort(images, distortion, seeds)
+    a = distort(images, distortion, seeds, size)
     assert a.shape == (4, 1, size, size)
     # the same image seed gives the same result whatever else is in the batch
-    b = distort(images[[2, 0]], distortion, seeds[[2, 0]])
+    b = distort(images[[2, 0]], distortion, seeds[[2, 0]], size)
     torch.testing.assert_close(b[0], a[2], rtol=0, atol=1e-6)
     torch.testing.assert_close(b[1], a[0], rtol=0, atol=1e-6)
     if distortion != "none":
-        assert not torch.equal(a[0], distort(images[:1], distortion, np.array([99]))[0])
+        assert not torch.equal(a[0], distort(images[:1], distortion, np.array([99]), size)[0])
 
 
 def test_rotation_by_hand_and_rts_canvas():
@@ -123,7 +101,7 @@ def test_rotation_by_hand_and_rts_canvas():
     # RTS: the digit (non-zero pixels) lies within the 42x42 canvas and the border is empty
     images = torch.zeros((8, 28, 28), dtype=torch.uint8)
     images[:, 9:19, 9:19] = 255  # half-extent 5 px * 1.2 * sqrt(2) + 7 px offset < 21 px
-    out = distort(images, "RTS", np.arange(8))
+    out = distort(images, "RTS", np.arange(8), 42)
     assert out.shape[-1] == 42 and out[..., 0, :].max() == 0 and out.max() > 0.99
 
 
@@ -178,3 +156,62 @@ def test_debian_fashion_mnist_loads():
     dm.setup()
     assert dm.root == DEBIAN_FASHION_MNIST
     assert len(dm.test_set) == 500 and dm.test_set.images.shape[1:] == (1, 28, 28)
+
+
+def _serve(folder: Path):
+    """A real HTTP server (python -m http.server) on a free port; returns (process, base URL)."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "-d", str(folder)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, f"http://127.0.0.1:{port}/"
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("http.server did not start")
+
+
+def test_download_digits_through_torchvision_from_a_local_server(tmp_path):
+    """stn-data download fashion_mnist: torchvision's downloader against a real HTTP server
+    serving Debian's files; Debian re-compressed them, so torchvision's MD5 check refuses
+    them in one line, and ``--md5 ''`` accepts them (their contents are still checked)."""
+    if not Path(DEBIAN_FASHION_MNIST).is_dir():
+        pytest.skip(f"{DEBIAN_FASHION_MNIST} absent (apt-get install dataset-fashion-mnist)")
+    from stnrepro.cli.data import main
+
+    proc, url = _serve(Path(DEBIAN_FASHION_MNIST))
+    try:
+        cmd = ["download", "fashion_mnist", "--out", str(tmp_path / "a"), "--mirror", url]
+        assert main([*cmd, "--quiet"]) == 2
+        assert main([*cmd[:3], str(tmp_path / "b"), *cmd[4:], "--md5", ""]) == 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    raw = tmp_path / "b" / "FashionMNIST" / "raw"
+    data = DigitsDataModule(str(raw)).validate()
+    assert len(data["train"][1]) == 60000 and len(data["test"][1]) == 10000
+
+
+def test_download_refusals_are_one_line(tmp_path, capsys):
+    from stnrepro.cli.data import main
+
+    assert main(["download", "mnist", "--out", str(tmp_path), "--mirror", "file:///x/"]) == 2
+    assert "--mirror=file:///x/: expected an http(s):// URL" in capsys.readouterr().err
+    assert main(["download", "--out", str(tmp_path), "--mirror", "http://x/"]) == 2
+    assert "--mirror: for mnist and fashion_mnist only" in capsys.readouterr().err
+    # nothing listens on port 9: the failure names the dataset and the folder
+    assert (
+        main(["download", "mnist", "--out", str(tmp_path), "--mirror", "http://127.0.0.1:9/"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("error: mnist: download into") and len(err.strip().splitlines()) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from stnrepro.records.writer import RecordWriter, table_cell
 TOP_LEVEL_KEYS = [
     "schema_version", "status", "error", "run_name", "started_at", "finished_at", "cell",
     "metrics", "logger", "epochs", "wall_time_s", "output_dir", "config", "provenance",
-    "predictions", "predictions_sha256", "test_images",
+    "predictions", "predictions_sha256", "test_images", "attempts",
 ]  # fmt: skip
 CELL_ORDER = [
     "dataset", "backbone", "pretrained", "image_size", "crop_size", "num_transformers",
@@ -92,7 +93,7 @@ def test_a_finished_record_must_have_its_whole_cell(tmp_path: Path) -> None:
     writer = RecordWriter(tmp_path, table_cell(cfg(num_transformers=-1)), epochs=2)
     writer.finish()
     with pytest.raises(
-        RecordError, match="key 'cell.num_transformers' must be an integer, got null"
+        RecordError, match=re.escape("key 'cell.num_transformers' must be an integer, got null")
     ):
         load_records(tmp_path)
 
@@ -108,3 +109,48 @@ def test_records_are_readable_by_others_as_the_umask_allows(
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / RECORD_FILENAME).stat().st_mode) == mode
+
+
+def digit_cfg(**values: object) -> object:
+    """A Table 1 (distorted digits) run's config; ``values`` override data/model keys."""
+    data = {"name": "mnist", "image_size": 42, "distortion": "RTS"}
+    model = {"backbone": "digit_cnn", "pretrained": False, "num_transformers": 1}
+    model["transform"] = "tps"
+    for key, value in values.items():
+        (data if key in data else model)[key] = value
+    return OmegaConf.create({"data": data, "model": model, "seed": 0})
+
+
+@pytest.mark.parametrize(
+    ("values", "name", "label"),
+    [
+        ({}, "ST-CNN-TPS-RTS-s0", "ST-CNN TPS"),
+        ({"transform": "affine", "backbone": "digit_fcn"}, "ST-FCN-Aff-RTS-s0", "ST-FCN Aff"),
+        ({"transform": "projective", "distortion": "P"}, "ST-CNN-Proj-P-s0", "ST-CNN Proj"),
+        ({"num_transformers": 0, "distortion": "R", "image_size": 28}, "CNN-R-s0", "CNN"),
+        ({"num_transformers": 0, "backbone": "digit_fcn"}, "FCN-RTS-s0", "FCN"),
+    ],
+)
+def test_digit_runs_are_named_as_in_the_papers_table_1(
+    tmp_path: Path, values: dict, name: str, label: str
+) -> None:
+    writer = RecordWriter(tmp_path, table_cell(digit_cfg(**values)), epochs=2)
+    writer.finish()
+    written = json.loads((tmp_path / RECORD_FILENAME).read_text())
+    assert written["run_name"] == name and " " not in name
+    assert list(written["cell"]) == ["dataset", "distortion", *CELL_ORDER[1:]]
+    (record,) = load_records(tmp_path)
+    assert record.cell.distortion == written["cell"]["distortion"] and record.cell.is_digit
+    assert record.cell.model == label
+
+
+def test_bird_records_keep_their_cell_without_distortion(tmp_path: Path) -> None:
+    """A run without data.distortion writes the schema-1 cell it always did, and a record
+    written before the key existed reads back as having no distortion."""
+    writer = RecordWriter(tmp_path, table_cell(cfg()), epochs=2)
+    writer.finish()
+    written = json.loads((tmp_path / RECORD_FILENAME).read_text())
+    assert "distortion" not in written["cell"] and written["run_name"] == "2xST-448-s3"
+    (record,) = load_records(tmp_path)
+    assert record.cell.distortion is None and not record.cell.is_digit
+    assert record.cell.model == "2xST"

@@ -16,7 +16,7 @@ import pytest
 
 from stnrepro.cli import table as cli
 from stnrepro.errors import StnreproError
-from stnrepro.records.definition import current_names
+from stnrepro.records.definition import ADDED_KEYS, current_names
 from stnrepro.records.reader import load_records, record_from_wandb_run
 from stnrepro.records.schema import RecordError, RunRecord
 from stnrepro.results import render as render_mod
@@ -49,8 +49,8 @@ def make_record(
     backbone: str = "inception_v3",
     crop_size: int = 224,
     extra_metrics: dict[str, float | None] | None = None,
-    config: dict[str, Any] | None | bool = True,
-    provenance: dict[str, Any] | None | bool = True,
+    config: dict[str, Any] | bool | None = True,
+    provenance: dict[str, Any] | bool | None = True,
 ) -> dict[str, Any]:
     """A record shaped like the ones ``stnrepro.records.writer`` writes.
 
@@ -444,7 +444,7 @@ def test_missing_and_empty_paths_are_refused(tmp_path: Path) -> None:
     with pytest.raises(RecordError, match="no such file or directory"):
         load_records(tmp_path / "nope")
     (tmp_path / "empty" / "deep").mkdir(parents=True)
-    with pytest.raises(RecordError, match="no metrics.json found under it"):
+    with pytest.raises(RecordError, match=re.escape("no metrics.json found under it")):
         load_records(tmp_path / "empty")
 
 
@@ -731,7 +731,7 @@ def test_attention_without_st_rows_says_so(tmp_path: Path) -> None:
     paper = load_paper_table("method,source,input_px,num_transformers,top1_acc\nCNN,T,224,0,80\n")
     table = aggregate(load_records(tmp_path), paper=paper, attention=True)
     assert render_markdown(table).endswith("listed\n\nNo ST rows in this table.\n")
-    assert list(csv.reader(io.StringIO(render_csv(table))))[0] == list(CSV_COLUMNS)
+    assert next(iter(csv.reader(io.StringIO(render_csv(table))))) == list(CSV_COLUMNS)
 
 
 def test_cli_with_attention_writes_and_prints_it(
@@ -798,7 +798,8 @@ def test_wandb_finished_run_matches_the_local_record() -> None:
 def test_wandb_record_without_config_uses_the_logged_config_flattened() -> None:
     data = make_record(nt=2, seed=1, acc=0.83, config=None, provenance=None)
     record = record_from_wandb_run(fake_run(data))
-    assert record.config == {"init_from": None, "model.num_transformers": 2, "seed": 1}
+    # The logged config is read as a run definition: keys added since are filled in.
+    assert record.config == {**ADDED_KEYS, "model.num_transformers": 2, "seed": 1}
     assert record.provenance is None
 
 

@@ -30,12 +30,25 @@ TRANSFORMER_COLOURS: tuple[str, ...] = (
 
 
 def _to_hwc(image: Tensor) -> np.ndarray:
-    return image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    """(C, H, W) in [0, 1] -> (H, W, 3) for imshow; one channel (digits) is shown as grey."""
+    image = image.detach().float().clamp(0, 1)
+    if image.shape[0] == 1:
+        image = image.expand(3, -1, -1)
+    return image.permute(1, 2, 0).cpu().numpy()
+
+
+def outline_polygons(outlines: Tensor) -> Tensor:
+    """Polygons (B, N, P, 2) from theta (B, N, 2, 3) (the crop's 4 corners) or polygons."""
+    outlines = outlines.detach().float().cpu()
+    if outlines.shape[-2:] == (2, 3):
+        # Corners, not crop_boxes: an affine crop is drawn with its true (rotated) outline.
+        return crop_corners(outlines)
+    return outlines
 
 
 def render_attention_figure(
     images: Tensor,
-    theta: Tensor,
+    outlines: Tensor,
     crops: Sequence[Tensor],
     bbox: Tensor | None = None,
     titles: Sequence[str] | None = None,
@@ -44,16 +57,18 @@ def render_attention_figure(
     """One row per image: the image with each crop outlined in its transformer's colour (the
     ground-truth box dashed white on black, if given), then the N crops framed in the same colours.
 
-    ``images`` (B, 3, H, W) and ``crops`` (N tensors (B, 3, S, S)) are display images in
-    [0, 1] (denormalised); ``theta`` (B, N, 2, 3). Built with the object-oriented API on an
-    Agg canvas, so it is safe in training processes without a display and never touches
-    pyplot's global figure list. ``titles`` optionally labels each row (e.g. image ids).
+    ``images`` (B, C, H, W) and ``crops`` (N tensors (B, C, S, S)) are display images in
+    [0, 1] (denormalised, C = 3 or 1); ``outlines`` is theta (B, N, 2, 3) or, for any warp,
+    the input-frame polygon (B, N, P, 2) its output's border maps to
+    (:meth:`~stnrepro.models.spatial_transformer.SpatialTransformer.outline`). Built with the
+    object-oriented API on an Agg canvas, so it is safe in training processes without a
+    display and never touches pyplot's global figure list. ``titles`` optionally labels each
+    row (e.g. image ids).
     """
-    b, n = images.shape[0], theta.shape[1]
+    b, n = images.shape[0], outlines.shape[1]
     if len(crops) != n:
         raise ValueError(f"crops: expected {n} tensors (one per transformer), got {len(crops)}")
-    # Corners, not crop_boxes: an affine crop is drawn with its true (rotated, sheared) outline.
-    corners = crop_corners(theta.detach().float().cpu())  # (B, N, 4, 2)
+    corners = outline_polygons(outlines)  # (B, N, P, 2)
     cols = 1 + n
     fig = Figure(figsize=(panel_inches * cols, panel_inches * b + 0.3), dpi=100)
     FigureCanvasAgg(fig)

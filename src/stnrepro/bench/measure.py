@@ -99,9 +99,11 @@ def build_trainer(cfg: DictConfig, root: Path, max_steps: int, batches: int) -> 
 
 def measure_model(
     module: STCNNModule, trainer: pl.Trainer, cfg: DictConfig, warmup: int, steps: int,
-    repeats: int, seed: int,
+    repeats: int, seed: int, batch: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Model-only training steps on random device tensors, timed by torch.utils.benchmark.
+    """Model-only training steps on one batch held on the device, timed by
+    torch.utils.benchmark: ``batch`` (e.g. a real one from the data module), else random
+    tensors of the config's sizes and the backbone's input channels.
 
     A step is the module's own: ``configure_model`` levers, ``on_after_batch_transfer``,
     ``training_step`` under the trainer's precision plugin, backward, the configured
@@ -114,14 +116,17 @@ def measure_model(
     reset_peak(device)
     module.configure_model()
     module.to(device).train()
-    optimizers = module.configure_optimizers()
-    opt = optimizers["optimizer"] if isinstance(optimizers, dict) else optimizers
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    batch = {
-        "image": torch.randn(bs, 3, size, size, generator=gen).to(device),
-        "label": torch.randint(0, int(cfg.data.num_classes), (bs,), generator=gen).to(device),
-    }
-    batch = module.on_after_batch_transfer(batch, 0)
+    # The configured optimizer (its scheduler is moot here, and a per-step one needs a fit).
+    opt = module.optimizer_factory(params=module.param_groups())
+    if batch is None:
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        channels = getattr(module.net, "in_channels", 3)
+        batch = {
+            "image": torch.randn(bs, channels, size, size, generator=gen),
+            "label": torch.randint(0, int(cfg.data.num_classes), (bs,), generator=gen),
+        }
+    bs = int(batch["label"].shape[0])
+    batch = module.on_after_batch_transfer({k: v.to(device) for k, v in batch.items()}, 0)
     precision = trainer.precision_plugin
 
     def step() -> None:
@@ -144,15 +149,17 @@ def measure_model(
 
 def measure_e2e(
     module: STCNNModule, trainer: pl.Trainer, cfg: DictConfig, warmup: int, steps: int,
-    repeats: int,
+    repeats: int, datamodule: pl.LightningDataModule | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """The configured data module through ``trainer.fit``: steady-state img/s after warm-up.
+    """The configured data module (``datamodule``, else built from ``cfg``) through
+    ``trainer.fit``: steady-state img/s after warm-up.
 
     Lightning's ThroughputMonitor synchronises and reads the clock at every batch end;
     windows are ``steps`` batches after ``warmup`` batches.
     """
     device = trainer.strategy.root_device
-    datamodule = build_datamodule(cfg)
+    if datamodule is None:
+        datamodule = build_datamodule(cfg)
     free(device)
     reset_peak(device)
     trainer.fit(module, datamodule=datamodule)

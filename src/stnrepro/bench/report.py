@@ -57,7 +57,7 @@ def _header(b: Outcome) -> list[str]:
     for i, run_env in enumerate(b.runs):
         if len(b.runs) > 1:
             lines += [f"Run {i}{' (this run)' if i == len(b.runs) - 1 else ''}:", ""]
-        lines += env_lines(run_env) + [""]
+        lines += [*env_lines(run_env), ""]
     if len(b.runs) > 1:
         lines += [
             "Cells come whole from one run (--resume re-measures incomplete cells), so every "

@@ -213,7 +213,7 @@ class Benchmark:
                         for key, value in out.items():
                             setattr(result, key, value)
                         result.img_s = sorted(result.windows)[len(result.windows) // 2]
-                    except Exception as exc:  # noqa: BLE001 - one failure must not end the run
+                    except Exception as exc:  # one failure must not end the run
                         result.error = run_error(exc)
                         built = None  # a failure may leave it half-moved or mid-compile
                         measure.free(s.device)
@@ -268,7 +268,7 @@ class Benchmark:
         if "sampler" in s.parts and not self.samplers:
             try:
                 self.samplers = measure.sampler_bench(s.device, s.tiny, s.seed)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self.samplers = [{"sampler": "all", "error": run_error(exc)}]
             self.save()
         if "matrix" in s.parts:

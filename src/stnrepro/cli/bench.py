@@ -6,6 +6,8 @@
     stn-bench --quick --resume --out results/benchmark.md
     # the CPU check that CI runs (seconds; correctness, not speed):
     stn-bench --tiny --device cpu --out /tmp/b.md
+    # Table 1's cells on the CPU against the tutorial's loop (results/benchmark_cpu.md):
+    stn-bench --table1
 
 Per backbone (inception_v3, resnet50) and cell (CNN 224, 2xST 224, 2xST 448, 4xST 448),
 model-only and end-to-end img/s of the naive reference and the best lever set, each
@@ -20,17 +22,24 @@ re-measures the others whole, so every ratio compares figures of one run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from stnrepro.bench.cells import BACKBONES, CELLS, NAIVE, parse_lever
+from stnrepro.bench.digits import DISTORTIONS as DIGIT_DISTORTIONS
+from stnrepro.bench.digits import LADDER as DIGIT_LADDER
+from stnrepro.bench.digits import MODELS as DIGIT_MODELS
+from stnrepro.bench.digits import DigitSettings
+from stnrepro.bench.digits import run as run_digits
 from stnrepro.bench.run import Benchmark, Settings, global_state_kept
 from stnrepro.cli.common import UsageError, command_parser, run_command
 
@@ -87,7 +96,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="CUB-layout folder (default: synthetic)")
     p.add_argument("--data-cache", default="data", help="synthetic data folder")
     p.add_argument("--budget-s", type=float, default=None, help="stop measuring after this")
-    p.add_argument("--out", default="results/benchmark.md")
+    p.add_argument("--table1", action="store_true",
+                   help="Table 1 cells on the CPU (stnrepro.bench.digits)")  # fmt: skip
+    p.add_argument("--distortions", nargs="+", default=list(DIGIT_DISTORTIONS),
+                   choices=DIGIT_DISTORTIONS, help="--table1 cells")  # fmt: skip
+    p.add_argument("--models", nargs="+", default=list(DIGIT_MODELS), choices=list(DIGIT_MODELS),
+                   help="--table1 cells")  # fmt: skip
+    p.add_argument(
+        "--override",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="--table1: more training overrides (e.g. data.train_limit=2048)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="report (default results/benchmark.md; --table1 results/benchmark_cpu.md)",
+    )
     p.add_argument("--json", default=None, help="JSON results (default: --out with .json)")
     p.add_argument("--seed", type=int, default=0)
     keep = "keep the complete cells of the existing --json and measure the rest"
@@ -116,7 +142,7 @@ def resolve(args: argparse.Namespace) -> Settings:
     ablation_cells = args.ablation_cells or (
         ["cnn224", "4st448"] if not args.tiny else [args.cells[-1]]
     )
-    out = Path(args.out)
+    out = Path(args.out or "results/benchmark.md")
     return Settings(
         device=device,
         tiny=args.tiny,
@@ -149,9 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_command(build_parser(), lambda args: measure(args, argv), argv)
 
 
-def measure(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    """Run the benchmark, write the Markdown report and JSON, print the report last."""
-    s = resolve(args)
+@contextlib.contextmanager
+def quiet_measurements() -> Iterator[None]:
+    """Torch's global state kept (:func:`global_state_kept`), and no noise between rows."""
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)  # no per-fit banners between rows
     with global_state_kept(), warnings.catch_warnings():
@@ -159,6 +185,49 @@ def measure(args: argparse.Namespace, argv: Sequence[str]) -> int:
         # the ThroughputMonitor asks for FLOPs, which the report does not use.
         warnings.filterwarnings("ignore", message=".*self.trainer. reference is not registered")
         warnings.filterwarnings("ignore", message=".*flops_per_batch")
+        yield
+
+
+def resolve_table1(args: argparse.Namespace) -> DigitSettings:
+    """--table1's settings: 3 warm-up steps and 3 windows of 5 steps unless told."""
+    if args.device == "cuda":
+        raise UsageError("--table1 measures the CPU: drop --device cuda")
+    try:
+        ladder = [parse_lever(x).name for x in (args.levers or DIGIT_LADDER)]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    out = Path(args.out or "results/benchmark_cpu.md")
+    return DigitSettings(
+        out=out,
+        json_path=Path(args.json) if args.json else out.with_suffix(".json"),
+        distortions=[d for d in DIGIT_DISTORTIONS if d in args.distortions],
+        models=[m for m in DIGIT_MODELS if m in args.models],
+        ladder=ladder,
+        batch_size=args.batch_size,
+        warmup=max(1, args.warmup or 3),
+        steps=max(1, args.steps or 5),
+        repeats=max(2, args.repeats or 3),
+        data_root=args.data_root,
+        extra=list(args.override),
+    )
+
+
+def measure_table1(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    s = resolve_table1(args)
+    with quiet_measurements():
+        t0 = time.perf_counter()
+        run_digits(s, argv)
+    print(f"[bench] wrote {s.out} and {s.json_path} in {time.perf_counter() - t0:.0f}s")
+    print(s.out.read_text(encoding="utf-8"))
+    return 0
+
+
+def measure(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Run the benchmark, write the Markdown report and JSON, print the report last."""
+    if args.table1:
+        return measure_table1(args, argv)
+    s = resolve(args)
+    with quiet_measurements():
         if s.tiny:
             # Correctness, not speed: one thread is immune to CPU oversubscription (CI runners,
             # parallel test jobs), where spinning OpenMP threads can be 10x slower.

@@ -1,8 +1,9 @@
-"""``stn-data``: make, check and fetch datasets in the CUB-200-2011 layout.
+"""``stn-data``: make, check and fetch the datasets (CUB-200-2011 layout, MNIST format).
 
     stn-data generate --preset synth_birds_tiny --out data/synth_tiny [--seed N] [--set K=V]
     stn-data check data/CUB_200_2011 [--workers 8]
     stn-data download --out data/ [--archive CUB_200_2011.tgz]
+    stn-data download mnist|fashion_mnist --out data/ [--mirror URL]
 
 ``generate`` writes a synthetic dataset (:mod:`stnrepro.data.synthetic`) into ``--out``,
 the dataset folder itself (what ``data.root`` of ``data=cub`` takes), with the settings of
@@ -10,7 +11,9 @@ the data config ``conf/data/<preset>.yaml`` plus the options given; training doe
 it (the synthetic data module generates into ``paths.data_dir`` on first use).
 ``check`` scans the index files and every image with the training loader and lists every
 bad file, so a long run does not stop at the first broken JPEG hours in.  ``download``
-fetches, MD5-checks and safely extracts CUB-200-2011 (:mod:`stnrepro.data.download`).
+fetches, MD5-checks and safely extracts CUB-200-2011 (:mod:`stnrepro.data.download`), or
+MNIST / Fashion-MNIST through torchvision's downloader into ``--out/<MNIST|FashionMNIST>/raw``
+(the folder ``data.root`` of ``data=mnist`` / ``data=fashion_mnist`` takes).
 
 Exit status 0 when all is well; 2 with one ``error: ...`` line per problem otherwise.
 """
@@ -60,10 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     check.set_defaults(run=check_dataset)
 
-    dl = sub.add_parser("download", help="download, verify and extract CUB-200-2011")
+    dl = sub.add_parser("download", help="download and verify CUB-200-2011, MNIST, Fashion-MNIST")
+    dl.add_argument(
+        "dataset", nargs="?", default="cub", choices=["cub", "mnist", "fashion_mnist"],
+        help="which dataset (default cub)",
+    )  # fmt: skip
     dl.add_argument("--out", required=True, type=Path, help="folder to extract into")
+    dl.add_argument(
+        "--mirror", help="mnist/fashion_mnist: base http(s):// URL of the four idx .gz files"
+    )
     dl.add_argument("--url", default=CUB_URL, help="archive URL (http(s):// or file://)")
-    dl.add_argument("--md5", default=CUB_MD5, help="expected MD5; '' skips the check")
+    dl.add_argument(
+        "--md5", default=CUB_MD5,
+        help="cub: expected MD5; '' skips the check (mnist/fashion_mnist: '' skips torchvision's)",
+    )  # fmt: skip
     dl.add_argument("--archive", type=Path, help="use this already-downloaded .tgz")
     dl.add_argument(
         "--keep-archive", action="store_true", help="keep the downloaded .tgz after extraction"
@@ -156,8 +169,22 @@ def check_dataset(args: argparse.Namespace) -> int:
 
 
 def download(args: argparse.Namespace) -> int:
-    """Make ``--out/CUB_200_2011`` exist and validate; one summary line on success."""
-    from stnrepro.data.download import prepare_cub
+    """Make ``--out/CUB_200_2011`` (or the digits' raw folder) exist and validate; one summary
+    line on success."""
+    from stnrepro.data.digits import DigitsDataModule
+    from stnrepro.data.download import prepare_cub, prepare_digits
+
+    if args.dataset != "cub":
+        if args.archive is not None:
+            raise ConfigError(f"--archive: for cub only (got {args.dataset}); use --mirror")
+        raw = prepare_digits(args.dataset, args.out, args.mirror, check_md5=args.md5 != "")
+        data = DigitsDataModule(str(raw), name=args.dataset).validate()
+        counts = ", ".join(f"{len(data[split][1])} {split}" for split in ("train", "test"))
+        print(f"{args.dataset} ready: {raw} ({counts} images)")
+        print(f"train on it with: data={args.dataset} data.root={raw}")
+        return 0
+    if args.mirror is not None:
+        raise ConfigError("--mirror: for mnist and fashion_mnist only; cub takes --url")
 
     index = prepare_cub(
         args.out,

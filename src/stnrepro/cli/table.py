@@ -1,14 +1,18 @@
-"""``stn-table``: regenerate the CUB comparison table (paper Table 3 layout) from run records.
+"""``stn-table``: regenerate the paper's tables from run records: the CUB comparison (Table 3
+layout) from bird runs, the distorted-digit errors (Table 1) from digit runs.
 
     stn-table --runs multirun/2026-11-22/10-00-00
     stn-table --wandb ENTITY/PROJECT --group sweep-x --out results/
     stn-table --runs multirun/... --with-attention
     stn-table --runs multirun/... --split-by model.fixed_scale   # one table per value
     stn-table --runs multirun/... --wandb-log --group sweep-x
+    stn-table --runs multirun/... --dataset mnist   # digit runs: the Table 1 layout
 
 Writes ``<name>.md/.csv/.tex/.png`` to ``--out`` and prints the table; with ``--split-by KEY``
-one set per value, ``<name>-KEY=VALUE.*``. Any problem with
-the records is one line on stderr (``error: ...``) and exit status 2, with nothing written.
+one set per value, ``<name>-KEY=VALUE.*``. Which table is made follows from the records (a
+digit backbone or a data.distortion makes a digit run; one table never mixes the two). Any
+problem with the records is one line on stderr (``error: ...``) and exit status 2, with
+nothing written.
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ from stnrepro.cli.common import UsageError, command_parser, run_command
 from stnrepro.errors import StnreproError
 from stnrepro.records.reader import load_records, load_wandb_records
 from stnrepro.records.schema import RECORD_FILENAME, RunRecord
-from stnrepro.results.aggregate import aggregate
 from stnrepro.results.agreement import split
 from stnrepro.results.dashboard import log_table
+from stnrepro.results.digits import build_table
 from stnrepro.results.model import TableError
 from stnrepro.results.render import default_table_name, print_table, write_table
 
@@ -121,7 +125,7 @@ def tabulate_runs(args: argparse.Namespace) -> int:
     tables = []
     for suffix, part in split(records, args.split_by):
         try:
-            table = aggregate(
+            table = build_table(
                 part,
                 metric=args.metric,
                 dataset=args.dataset,

@@ -9,7 +9,8 @@ Distortions ([recalled] from the paper's appendix, not verified):
 
 - ``R``: rotation uniform in +-90 deg.
 - ``RTS``: rotation +-45 deg, scale 0.7-1.2, the 28x28 digit placed at a uniformly random
-  position (centre offset +-7 px) of a 42x42 canvas.
+  position of a larger canvas (its side is ``data.image_size``, 42 in the paper, set by the
+  ``data/distortion=RTS`` config; the centre moves by up to half the extra side, +-7 px).
 - ``P``: scale 0.75, then each of the four corners moved by Gaussian noise, sigma = 5 px.
 - ``E``: elastic ([open], our choice, Simard et al. 2003's setting): a per-pixel displacement
   drawn uniform in [-1, 1], smoothed by a Gaussian of sigma = 4 px, times alpha = 34 px.
@@ -42,12 +43,14 @@ from torch.utils.data import DataLoader, Dataset
 from stnrepro.data.cub import stratified_val_split
 from stnrepro.data.sampling import SeededEpochSampler, check_seed
 from stnrepro.errors import ConfigError, DataError
+from stnrepro.utils.config_values import check_value
+from stnrepro.utils.warps import homography_from_points, homography_grid
 
 __all__ = [
     "DISTORTIONS",
     "IDX_FILES",
     "DigitsDataModule",
-    "canvas_size",
+    "check_canvas",
     "distort",
     "read_idx",
 ]
@@ -127,9 +130,21 @@ def load_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[Pat
 # --------------------------------------------------------------------------- distortions
 
 
-def canvas_size(distortion: str, image_size: int = 28) -> int:
-    """Output side: 42 for RTS (the digit on a 42x42 canvas), else the input's."""
-    return 42 if distortion == "RTS" else image_size
+def check_canvas(distortion: str, canvas: int, side: int) -> None:
+    """The output side ``canvas`` of ``distortion`` for ``side`` px images: RTS places the digit
+    on a larger canvas, every other distortion keeps the image's side (one line if not)."""
+    if distortion == "RTS" and canvas <= side:
+        raise ConfigError(
+            f"data.image_size={canvas}: distortion RTS places the {side} px images on a larger "
+            "canvas; expected more than {side} (data/distortion=RTS sets the paper's 42)".replace(
+                "{side}", str(side)
+            )
+        )
+    if distortion != "RTS" and canvas != side:
+        raise ConfigError(
+            f"data.image_size={canvas}: distortion {distortion} keeps the {side} px images' "
+            f"size; expected {side} (choose it with data/distortion={distortion})"
+        )
 
 
 def _rotation(angle: np.ndarray) -> np.ndarray:
@@ -137,35 +152,8 @@ def _rotation(angle: np.ndarray) -> np.ndarray:
     return np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)
 
 
-def homography_from_points(src: Tensor, dst: Tensor) -> Tensor:
-    """The 3x3 H (h33 = 1) with ``H src_k ~ dst_k`` for 4 point pairs: (B, 4, 2) -> (B, 3, 3)."""
-    x, y = src[..., 0], src[..., 1]
-    u, v = dst[..., 0], dst[..., 1]
-    one, zero = torch.ones_like(x), torch.zeros_like(x)
-    rows_u = torch.stack([x, y, one, zero, zero, zero, -u * x, -u * y], -1)
-    rows_v = torch.stack([zero, zero, zero, x, y, one, -v * x, -v * y], -1)
-    a = torch.cat([rows_u, rows_v], dim=-2)  # (B, 8, 8)
-    b = torch.cat([u, v], dim=-1).unsqueeze(-1)  # (B, 8, 1)
-    h = torch.linalg.solve(a, b).squeeze(-1)
-    return torch.cat([h, torch.ones_like(h[..., :1])], dim=-1).view(*h.shape[:-1], 3, 3)
-
-
-def homography_grid(h: Tensor, size: int) -> Tensor:
-    """Sampling grid (B, S, S, 2) of homographies h (B, 3, 3), frame of ``align_corners=False``.
-
-    Output pixel centres ``(x, y)`` in [-1, 1] map to input ``(H [x, y, 1])`` dehomogenised;
-    an affine h (last row 0, 0, 1) gives exactly ``F.affine_grid``'s grid.
-    """
-    k = torch.arange(size, device=h.device, dtype=h.dtype)
-    u = (2 * k + 1) / size - 1
-    yy, xx = torch.meshgrid(u, u, indexing="ij")
-    pts = torch.stack([xx, yy, torch.ones_like(xx)], -1)  # (S, S, 3)
-    out = torch.einsum("bij,hwj->bhwi", h, pts)
-    return out[..., :2] / out[..., 2:3]
-
-
 def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
-    radius = int(math.ceil(3 * sigma))
+    radius = math.ceil(3 * sigma)
     t = torch.arange(-radius, radius + 1, dtype=x.dtype)
     k = torch.exp(-(t**2) / (2 * sigma**2))
     k = k / k.sum()
@@ -182,19 +170,23 @@ def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
     )
 
 
-def distortion_grid(distortion: str, seeds: np.ndarray, size: int) -> Tensor:
+def distortion_grid(
+    distortion: str, seeds: np.ndarray, size: int, canvas: int | None = None
+) -> Tensor:
     """The sampling grids (B, S, S, 2) of ``distortion`` for images of side ``size``.
 
     One grid per image from its seed alone (so a batch's composition cannot change an
-    image's distortion); the output side is :func:`canvas_size`. Units: 1 px of the input
-    is ``2 / size`` in normalised coordinates.
+    image's distortion); the output side S is ``canvas`` (:func:`check_canvas`; None = the
+    image's side). Units: 1 px of the input is ``2 / size`` in normalised coordinates.
     """
     if distortion not in DISTORTIONS:
         raise ConfigError(
             f"data.distortion={distortion!r}: expected one of {', '.join(DISTORTIONS)}"
         )
+    out = size if canvas is None else int(canvas)
+    check_canvas(distortion, out, size)
     b = len(seeds)
-    out = canvas_size(distortion, size)
+    shift = (out - size) / 2.0  # RTS: the digit's centre moves by up to this many px
     rngs = [np.random.default_rng(int(s)) for s in seeds]
     half_in, half_out = size / 2.0, out / 2.0
     eye = np.broadcast_to(np.eye(3), (b, 3, 3)).copy()
@@ -207,7 +199,12 @@ def distortion_grid(distortion: str, seeds: np.ndarray, size: int) -> Tensor:
     elif distortion == "RTS":
         params = np.array(
             [
-                [r.uniform(-45, 45), r.uniform(0.7, 1.2), r.uniform(-7, 7), r.uniform(-7, 7)]
+                [
+                    r.uniform(-45, 45),
+                    r.uniform(0.7, 1.2),
+                    r.uniform(-shift, shift),
+                    r.uniform(-shift, shift),
+                ]
                 for r in rngs
             ]
         )
@@ -234,15 +231,18 @@ def distortion_grid(distortion: str, seeds: np.ndarray, size: int) -> Tensor:
     return grid
 
 
-def distort(images: Tensor, distortion: str, seeds: np.ndarray) -> Tensor:
-    """uint8 or [0, 1] images (B, H, W) -> distorted float (B, 1, S, S) in [0, 1], one call."""
+def distort(
+    images: Tensor, distortion: str, seeds: np.ndarray, canvas: int | None = None
+) -> Tensor:
+    """uint8 or [0, 1] images (B, H, W) -> distorted float (B, 1, S, S) in [0, 1], one call;
+    S = ``canvas`` (None = the image's side; RTS needs a larger one)."""
     x = images.float()
     if images.dtype == torch.uint8:
         x = x / 255.0
     x = x.unsqueeze(1)
     if distortion == "none":
         return x
-    grid = distortion_grid(distortion, np.asarray(seeds), x.shape[-1])
+    grid = distortion_grid(distortion, np.asarray(seeds), x.shape[-1], canvas)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -261,11 +261,19 @@ class DistortedDigits(Dataset):
     the undistorted ``none``-free fixed seed 0 (for figures only).
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, rows: np.ndarray, distortion: str):
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        rows: np.ndarray,
+        distortion: str,
+        canvas: int | None = None,
+    ) -> None:
         self.images = torch.from_numpy(np.ascontiguousarray(images[rows]))
         self.labels = torch.from_numpy(labels[rows].astype(np.int64))
         self.rows = np.asarray(rows, dtype=np.int64)
         self.distortion = distortion
+        self.canvas = canvas
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -274,7 +282,8 @@ class DistortedDigits(Dataset):
         pairs = [(k, 0) if np.ndim(k) == 0 else (int(k[0]), int(k[1])) for k in keys]
         idx = torch.tensor([p[0] for p in pairs], dtype=torch.int64)
         seeds = np.array([p[1] for p in pairs], dtype=np.int64)
-        images = (distort(self.images[idx], self.distortion, seeds) - _MEAN) / _STD
+        images = distort(self.images[idx], self.distortion, seeds, self.canvas)
+        images = (images - _MEAN) / _STD
         labels = self.labels[idx]
         ids = torch.from_numpy(self.rows[idx.numpy()])
         return [
@@ -299,25 +308,21 @@ class FixedDigits(Dataset):
 
 
 def fixed_distorted(
-    images: np.ndarray, labels: np.ndarray, rows: np.ndarray, distortion: str, seeds: np.ndarray
+    images: np.ndarray,
+    labels: np.ndarray,
+    rows: np.ndarray,
+    distortion: str,
+    seeds: np.ndarray,
+    canvas: int | None = None,
 ) -> FixedDigits:
     """Distort ``rows`` once, in batches of 1,024 (one grid_sample per batch)."""
-    out = []
+    side = images.shape[-1] if canvas is None else int(canvas)
+    out = [torch.zeros(0, 1, side, side)]
     for start in range(0, len(rows), 1024):
         chunk = rows[start : start + 1024]
-        out.append(distort(torch.from_numpy(images[chunk]), distortion, seeds[chunk]))
-    x = (
-        torch.cat(out)
-        if out
-        else torch.zeros(
-            0,
-            1,
-            canvas_size(distortion, images.shape[-1]),
-            canvas_size(distortion, images.shape[-1]),
-        )
-    )
+        out.append(distort(torch.from_numpy(images[chunk]), distortion, seeds[chunk], canvas))
     return FixedDigits(
-        (x - _MEAN) / _STD,
+        (torch.cat(out) - _MEAN) / _STD,
         torch.from_numpy(labels[rows].astype(np.int64)),
         torch.from_numpy(np.asarray(rows, dtype=np.int64)),
     )
@@ -336,9 +341,10 @@ def default_root(name: str) -> str:
 class DigitsDataModule(pl.LightningDataModule):
     """MNIST-format train/test split, a stratified validation split carved from train.
 
-    ``image_size`` must equal the distortion's canvas (42 for RTS, 28 otherwise); the config
-    derives it. Images are 1-channel, normalised ``(x - 0.5) / 0.5``. ``test_seed`` fixes the
-    validation and test distortions; ``seed`` (the run's) the training order and distortions.
+    ``image_size`` is the distortion's output side (:func:`check_canvas`): the image's own
+    side, or for RTS the larger canvas; the ``data/distortion`` configs set both together.
+    Images are 1-channel, normalised ``(x - 0.5) / 0.5``. ``test_seed`` fixes the validation
+    and test distortions; ``seed`` (the run's) the training order and distortions.
     """
 
     def __init__(
@@ -365,13 +371,12 @@ class DigitsDataModule(pl.LightningDataModule):
             raise ConfigError(
                 f"data.distortion={distortion!r}: expected one of {', '.join(DISTORTIONS)}"
             )
-        if not 0 <= val_fraction < 1:
-            raise ConfigError(f"data.val_fraction={val_fraction}: expected 0 <= val_fraction < 1")
-        if int(batch_size) < 1:
-            raise ConfigError(f"data.batch_size={batch_size}: expected a positive integer")
-        for key, value in (("train_limit", train_limit), ("test_limit", test_limit)):
-            if value is not None and int(value) < 1:
-                raise ConfigError(f"data.{key}={value}: expected a positive integer or null")
+        for key, value in (
+            ("val_fraction", val_fraction), ("batch_size", batch_size),
+            ("eval_batch_size", eval_batch_size), ("num_workers", num_workers),
+            ("train_limit", train_limit), ("test_limit", test_limit),
+        ):  # fmt: skip
+            check_value(f"data.{key}", value)
         self.root = str(root) if root else default_root(name)
         self.name = name
         self.num_classes = int(num_classes)
@@ -392,6 +397,11 @@ class DigitsDataModule(pl.LightningDataModule):
         self.train_set: DistortedDigits | None = None
         self.val_set: FixedDigits | None = None
         self.test_set: FixedDigits | None = None
+
+    @staticmethod
+    def denormalize(images: Tensor) -> Tensor:
+        """Undo the normalisation, back to [0, 1] (for figures)."""
+        return images * _STD + _MEAN
 
     def validate(self) -> dict[str, Any]:
         """Read and check the four idx files now (before training); cached."""
@@ -415,12 +425,7 @@ class DigitsDataModule(pl.LightningDataModule):
                 f"{test_files[0]}: images of {test_x.shape[1:]}; expected "
                 f"{train_x.shape[1:]} as in {files[0].name}"
             )
-        expected = canvas_size(self.distortion, train_x.shape[-1])
-        if self.image_size != expected:
-            raise ConfigError(
-                f"data.image_size={self.image_size}: distortion {self.distortion} of "
-                f"{train_x.shape[-1]} px images gives {expected} px; expected {expected}"
-            )
+        check_canvas(self.distortion, self.image_size, train_x.shape[-1])
         for path, labels in ((files[1], train_y), (test_files[1], test_y)):
             if len(labels) and int(labels.max()) >= self.num_classes:
                 raise DataError(
@@ -452,14 +457,16 @@ class DigitsDataModule(pl.LightningDataModule):
         test_rows = np.arange(
             len(test_y) if self.test_limit is None else min(len(test_y), int(self.test_limit))
         )
-        self.train_set = DistortedDigits(train_x, train_y, train_rows, self.distortion)
-        d = self.distortion
+        d, canvas = self.distortion, self.image_size
+        self.train_set = DistortedDigits(train_x, train_y, train_rows, d, canvas)
         val_seeds = fixed_seeds(self.test_seed, 1, len(train_y))
         test_seeds = fixed_seeds(self.test_seed, 2, len(test_y))
         self.val_set = (
-            fixed_distorted(train_x, train_y, val_rows, d, val_seeds) if self.has_val else None
+            fixed_distorted(train_x, train_y, val_rows, d, val_seeds, canvas)
+            if self.has_val
+            else None
         )
-        self.test_set = fixed_distorted(test_x, test_y, test_rows, d, test_seeds)
+        self.test_set = fixed_distorted(test_x, test_y, test_rows, d, test_seeds, canvas)
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
         sampler = None

@@ -244,3 +244,46 @@ def prepare_cub(
     if downloaded and not keep_archive:
         src.unlink()
     return index
+
+
+# --------------------------------------------------------------------------- MNIST-format digits
+
+#: ``stn-data download`` names -> torchvision dataset classes (their own URLs and MD5s).
+DIGIT_DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+
+
+def prepare_digits(name: str, out: Path, mirror: str | None = None, check_md5: bool = True) -> Path:
+    """Download ``name``'s four idx files with torchvision's downloader; returns the folder.
+
+    torchvision checks each file's MD5 and writes ``out/<class name>/raw`` (the ``.gz`` files
+    and their extracted copies), which is what ``data.root`` takes. ``mirror`` replaces
+    torchvision's mirrors with one ``http(s)://`` base URL (torchvision's downloader cannot
+    read ``file://``; files already on disk need no download: point ``data.root`` at them).
+    ``check_md5=False`` accepts files whose MD5 differs from the originals' (a re-compressed
+    copy, e.g. Debian's ``dataset-fashion-mnist``; the data module still checks their
+    contents). Any failure is one :class:`DataError` line naming the dataset.
+    """
+    from torchvision import datasets
+
+    if name not in DIGIT_DATASETS:
+        raise DataError(f"{name!r}: expected one of {', '.join(DIGIT_DATASETS)} or cub")
+    cls = getattr(datasets, DIGIT_DATASETS[name])
+    if mirror is not None:
+        if not mirror.startswith(("http://", "https://")):
+            raise DataError(
+                f"--mirror={mirror}: expected an http(s):// URL (for files on disk, set "
+                "data.root to their folder instead)"
+            )
+        base = mirror if mirror.endswith("/") else mirror + "/"
+        cls = type(cls.__name__, (cls,), {"mirrors": [base]})  # same folder name, own mirror
+    if not check_md5:  # torchvision skips the check of a file whose MD5 is None
+        resources = [(file, None) for file, _ in cls.resources]
+        cls = type(cls.__name__, (cls,), {"resources": resources})
+    raw = Path(out) / DIGIT_DATASETS[name] / "raw"
+    try:
+        cls(str(out), train=True, download=True)
+    except Exception as exc:  # RuntimeError listing every mirror tried, URLError, OSError
+        # torchvision's message lists each mirror and its error on separate lines.
+        reason = " ".join(str(exc).split())[:400] or type(exc).__name__
+        raise DataError(f"{name}: download into {raw} failed: {reason}") from None
+    return raw

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +22,36 @@ log = logging.getLogger("stnrepro")
 __all__ = ["AttentionFigureCallback", "render_batch_figure"]
 
 
-def render_batch_figure(net: torch.nn.Module, batch: dict[str, Tensor]) -> Figure:
+def display_images(datamodule: object) -> Callable[[Tensor], Tensor]:
+    """The inverse of the data module's normalisation (its ``denormalize``; else ImageNet's)."""
+    return getattr(datamodule, "denormalize", None) or denormalize
+
+
+def render_batch_figure(
+    net: torch.nn.Module,
+    batch: dict[str, Tensor],
+    undo_normalisation: Callable[[Tensor], Tensor] = denormalize,
+) -> Figure:
     """The attention figure for ``batch`` (dict with normalised ``image``, optional ``bbox``).
 
     ``net`` is an :class:`~stnrepro.models.st_cnn.STCNN`; runs under ``no_grad`` on the
-    net's device; the caller sets eval mode.
+    net's device; the caller sets eval mode. ``undo_normalisation`` maps the batch's images
+    back to [0, 1] (:func:`display_images` of its data module).
     """
     device = next(net.parameters()).device
     images = batch["image"].to(device)
     with torch.no_grad():
-        theta = net.localise(images)
-        crops = net.crops(images, theta)
+        warp = net.localise(images)
+        crops = net.crops(images, warp)
+        outlines = net.transformer.outline(warp)
     bbox = batch.get("bbox")
     titles = None
     if "image_id" in batch:
         titles = [f"id {int(i)}" for i in batch["image_id"]]
     return render_attention_figure(
-        denormalize(images).clamp(0, 1).cpu(),
-        theta.cpu(),
-        [denormalize(c).clamp(0, 1).cpu() for c in crops],
+        undo_normalisation(images).clamp(0, 1).cpu(),
+        outlines.cpu(),
+        [undo_normalisation(c).clamp(0, 1).cpu() for c in crops],
         bbox=None if bbox is None else bbox.cpu(),
         titles=titles,
     )
@@ -121,7 +133,8 @@ class AttentionFigureCallback(pl.Callback):
             modes = {m: m.training for m in pl_module.modules()}
             pl_module.eval()
             try:
-                fig = render_batch_figure(net, batch)
+                undo = display_images(getattr(trainer, "datamodule", None))
+                fig = render_batch_figure(net, batch, undo)
             finally:
                 for module, training in modes.items():
                     module.training = training

@@ -15,6 +15,8 @@ label, pred, correct_top5; gathered from all ranks) that ``train`` writes as
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +32,7 @@ from stnrepro.attention.metrics import AttentionMetrics, datamodule_part_names
 from stnrepro.errors import ConfigError, StnreproError
 from stnrepro.models.samplers import outside_fraction
 from stnrepro.models.st_cnn import STCNN
+from stnrepro.utils.config_values import check_value
 
 STAGES = ("train", "val", "test")
 #: ``model.compile`` values besides null: torch.compile modes (inductor's; other backends
@@ -65,6 +68,8 @@ class ThetaStats(Metric):
     """Epoch mean and standard deviation of tx, ty, s per transformer (synced across GPUs).
 
     ``s`` is ``sqrt(|det A|)`` of the linear part, which is the scale for attention thetas.
+    Projective and TPS warps are summarised by their affine view (the least-squares affine
+    fit, :meth:`~stnrepro.models.spatial_transformer.SpatialTransformer.affine_view`).
     """
 
     full_state_update = False
@@ -98,6 +103,11 @@ class ThetaStats(Metric):
         return out
 
 
+#: When the LR scheduler steps: once per epoch, or once per optimizer step (warm-up and
+#: one-cycle schedules).
+SCHEDULER_INTERVALS = ("epoch", "step")
+
+
 class STCNNModule(pl.LightningModule):
     """Cross-entropy training of the CNN / ST-CNN with a separate localisation learning rate.
 
@@ -112,6 +122,7 @@ class STCNNModule(pl.LightningModule):
         num_classes: int,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
+        scheduler_interval: str = "epoch",
         loc_lr_mult: float = 1e-4,
         head_lr_mult: float = 1.0,
         label_smoothing: float = 0.0,
@@ -131,11 +142,14 @@ class STCNNModule(pl.LightningModule):
         self.save_hyperparameters(logger=False, ignore=["optimizer", "scheduler"])
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        if loc_lr_mult < 0 or head_lr_mult < 0:
+        if scheduler_interval not in SCHEDULER_INTERVALS:
             raise ConfigError(
-                f"model.loc_lr_mult={loc_lr_mult}, model.head_lr_mult={head_lr_mult}: "
-                "expected non-negative multipliers"
+                f"model.scheduler_interval={scheduler_interval!r}: expected "
+                f"{' or '.join(SCHEDULER_INTERVALS)}"
             )
+        check_value("model.loc_lr_mult", loc_lr_mult)
+        check_value("model.head_lr_mult", head_lr_mult)
+        check_value("model.label_smoothing", label_smoothing)
         validate_speed_levers(channels_last, compile, compile_backend)
         self.net = STCNN(num_classes=num_classes, **net_kwargs)
         num_transformers = self.net.num_transformers
@@ -207,8 +221,9 @@ class STCNNModule(pl.LightningModule):
         if out.theta is not None:
             if stage != "train":
                 # Boxes and parts are used for evaluation only, never for the loss.
+                # (Datasets without them, the digits, have no attention metrics.)
                 attention: AttentionMetrics | None = getattr(self, f"{stage}_attention", None)
-                if attention is not None:
+                if attention is not None and "bbox" in batch:
                     attention.update(out.theta.detach(), batch["bbox"], batch["parts"])
             getattr(self, f"{stage}_theta").update(out.theta)
         return loss, out.theta
@@ -343,9 +358,7 @@ class STCNNModule(pl.LightningModule):
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Parameter groups with learning rates relative to the optimizer's base ``lr``."""
-        base_lr = getattr(self.optimizer_factory, "keywords", {}).get("lr")
-        if base_lr is None:
-            raise ConfigError("model.optimizer.lr: expected a base learning rate (missing)")
+        base_lr = self._base_lr()
         loc = list(self.net.localisation_parameters())
         head = list(self.net.classifier_parameters())
         taken = {id(p) for p in loc + head}
@@ -360,14 +373,48 @@ class STCNNModule(pl.LightningModule):
             )
         return groups
 
+    def _base_lr(self) -> float:
+        base_lr = getattr(self.optimizer_factory, "keywords", {}).get("lr")
+        if base_lr is None:
+            raise ConfigError("model.optimizer.lr: expected a base learning rate (missing)")
+        return base_lr
+
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
             raise ConfigError("model.optimizer: missing (expected a partial, e.g. torch.optim.SGD)")
         optimizer = self.optimizer_factory(params=self.param_groups())
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
+        interval = self.hparams.get("scheduler_interval", "epoch")
+        kwargs = self._schedule_kwargs(interval, optimizer)
+        scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+            "lr_scheduler": {"scheduler": scheduler, "interval": interval},
         }
+
+    def _schedule_kwargs(self, interval: str, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """What a schedule that sets the LR itself (``OneCycleLR``) needs from the fit.
+
+        ``total_steps``, when the schedule takes it and was not given one: the trainer's own
+        count of optimizer steps in the whole fit (epochs x batches), which the config cannot
+        know before the data is read. ``max_lr``, when given as one number: that number for
+        the base groups, scaled for each group as its ``lr`` is (``loc_lr_mult``,
+        ``head_lr_mult``), so the multipliers hold under the schedule too.
+        """
+        factory = self.scheduler_factory
+        if not isinstance(factory, functools.partial):
+            return {}
+        accepted = inspect.signature(factory.func).parameters
+        kwargs: dict[str, Any] = {}
+        if (
+            interval == "step"
+            and "total_steps" in accepted
+            and "total_steps" not in factory.keywords
+        ):
+            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        max_lr = factory.keywords.get("max_lr")
+        if isinstance(max_lr, int | float):
+            base_lr = self._base_lr()
+            kwargs["max_lr"] = [max_lr * g["lr"] / base_lr for g in optimizer.param_groups]
+        return kwargs

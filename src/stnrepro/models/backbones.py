@@ -8,6 +8,17 @@ feature map ``(B, C, h, w)``; the ST-CNN adds pooling and heads on top. Three tr
 - ``resnet50``: torchvision's ResNet-50 up to ``layer4`` (C=2048, stride 32).
 - ``small``: a four-stage CNN (C=192, stride 16) for CPU runs, tests and the demo.
 
+Two trunks for the paper's distorted-digit experiment (one-channel 28x28 or 42x42 images),
+whose architectures the paper does not fully give ([open]; re-implementations disagree). We
+follow the one that matches the paper's parameter budget as recalled, with unpadded ("valid")
+convolutions as Caffe-era code had them, and make the widths config keys (``trunk_widths``):
+
+- ``digit_cnn``: conv 9x9-32, ReLU, max-pool 2, conv 7x7-32, ReLU, max-pool 2 (28 px -> 2x2).
+- ``digit_fcn``: two fully connected hidden layers of 256 with ReLU on the flattened image.
+
+Both end in a 1x1 "feature map" (the flattened features), so the ST-CNN's global pooling is
+the identity for them and its linear classifier is the paper's final FC layer.
+
 Pretrained ImageNet weights come through torchvision's weights API, which looks in
 ``$TORCH_HOME/hub/checkpoints`` before downloading; a missing file and no network gives one
 :class:`~stnrepro.errors.WeightsUnavailableError` line saying where to put the file.
@@ -16,6 +27,7 @@ Pretrained ImageNet weights come through torchvision's weights API, which looks 
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +43,11 @@ from stnrepro.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 class BackboneSpec:
     """What the rest of the model needs to know about a trunk before building it."""
 
-    channels: int
+    channels: int  # output channels (digit trunks: the flattened size, see descriptor_size)
     min_input_size: int
     has_pretrained: bool
+    in_channels: int = 3
+    default_widths: tuple[int, ...] = ()
 
 
 SPECS: dict[str, BackboneSpec] = {
@@ -41,7 +55,19 @@ SPECS: dict[str, BackboneSpec] = {
     "inception_v3": BackboneSpec(channels=2048, min_input_size=75, has_pretrained=True),
     "resnet50": BackboneSpec(channels=2048, min_input_size=32, has_pretrained=True),
     "small": BackboneSpec(channels=192, min_input_size=16, has_pretrained=False),
-}
+    # 9x9 valid conv, pool, 7x7 valid conv, pool needs 24 px for a 1x1 output.
+    "digit_cnn": BackboneSpec(
+        channels=0, min_input_size=24, has_pretrained=False, in_channels=1,
+        default_widths=(32, 32),
+    ),
+    "digit_fcn": BackboneSpec(
+        channels=0, min_input_size=1, has_pretrained=False, in_channels=1,
+        default_widths=(256, 256),
+    ),
+}  # fmt: skip
+#: The digit localisation network's trunk (the paper's MNIST ST-CNN has its own, small one):
+#: conv 5x5-20, ReLU, max-pool 2, conv 5x5-20, ReLU, max-pool 2; its head is FC-20, FC-params.
+DIGIT_LOC_WIDTHS: tuple[int, int] = (20, 20)
 
 
 def backbone_spec(name: str) -> BackboneSpec:
@@ -102,7 +128,7 @@ class SmallTrunk(nn.Module):
     def __init__(self, widths: tuple[int, ...] = (24, 48, 96, 192)) -> None:
         super().__init__()
         layers: list[nn.Module] = [_conv_bn_relu(3, widths[0], stride=2)]
-        for cin, cout in zip(widths[:-1], widths[1:], strict=True):
+        for cin, cout in itertools.pairwise(widths):
             layers += [_conv_bn_relu(cin, cout), nn.MaxPool2d(2)]
         self.body = nn.Sequential(*layers)
         for m in self.modules():
@@ -111,6 +137,38 @@ class SmallTrunk(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x)
+
+
+class DigitCNNTrunk(nn.Module):
+    """conv 9x9, ReLU, pool 2, conv 7x7, ReLU, pool 2 (valid), flattened: (B,1,H,W) -> (B,F,1,1)."""
+
+    def __init__(self, widths: tuple[int, ...] = (32, 32), kernels: tuple[int, ...] = (9, 7)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 1
+        for cout, k in zip(widths, kernels, strict=True):
+            layers += [nn.Conv2d(cin, cout, k), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            cin = cout
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x).flatten(1)[:, :, None, None]
+
+
+class DigitFCNTrunk(nn.Module):
+    """Fully connected hidden layers with ReLU on the flattened image: (B,1,H,W) -> (B,F,1,1)."""
+
+    def __init__(self, image_size: int, widths: tuple[int, ...] = (256, 256)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        fan_in = image_size * image_size
+        for width in widths:
+            layers += [nn.Linear(fan_in, width), nn.ReLU(inplace=True)]
+            fan_in = width
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x.flatten(1))[:, :, None, None]
 
 
 def _weights_enum(name: str) -> tvm.WeightsEnum:
@@ -133,8 +191,35 @@ def load_imagenet_state_dict(name: str) -> dict[str, Tensor]:
         ) from exc
 
 
-def build_trunk(name: str, pretrained: bool) -> nn.Module:
-    """Build one trunk, with ImageNet weights when ``pretrained`` (random init otherwise)."""
+def check_widths(name: str, widths: object) -> tuple[int, ...]:
+    """model.trunk_widths for ``name``: null = its default; the digit trunks take a list."""
+    spec = backbone_spec(name)
+    if widths is None:
+        return spec.default_widths
+    if not spec.default_widths:
+        raise ConfigError(
+            f"model.trunk_widths={widths!r}: backbone {name} has fixed widths (expected null)"
+        )
+    if (
+        not isinstance(widths, (list, tuple))
+        or len(widths) != len(spec.default_widths)
+        or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths)
+    ):
+        raise ConfigError(
+            f"model.trunk_widths={widths!r}: expected {len(spec.default_widths)} positive "
+            f"integers for backbone {name} (default {list(spec.default_widths)})"
+        )
+    return tuple(widths)
+
+
+def build_trunk(
+    name: str, pretrained: bool, image_size: int = 224, widths: tuple[int, ...] | None = None
+) -> nn.Module:
+    """Build one trunk, with ImageNet weights when ``pretrained`` (random init otherwise).
+
+    ``image_size`` and ``widths`` matter to the digit trunks only (the FCN's first layer
+    takes the flattened image).
+    """
     spec = backbone_spec(name)
     if pretrained and not spec.has_pretrained:
         raise ConfigError(
@@ -143,6 +228,10 @@ def build_trunk(name: str, pretrained: bool) -> nn.Module:
         )
     if name == "small":
         return SmallTrunk()
+    if name == "digit_cnn":
+        return DigitCNNTrunk(check_widths(name, widths))
+    if name == "digit_fcn":
+        return DigitFCNTrunk(image_size, check_widths(name, widths))
     if name == "inception_v3":
         # aux_logits must match the checkpoint's keys; the aux head is dropped by the trunk.
         net = tvm.inception_v3(weights=None, aux_logits=True, init_weights=not pretrained)
@@ -155,23 +244,40 @@ def build_trunk(name: str, pretrained: bool) -> nn.Module:
     return ResNetTrunk(net)
 
 
-def build_trunks(name: str, pretrained: bool, count: int) -> list[nn.Module]:
+def build_trunks(
+    name: str,
+    pretrained: bool,
+    count: int,
+    image_size: int = 224,
+    widths: tuple[int, ...] | None = None,
+) -> list[nn.Module]:
     """``count`` trunks with separate parameters that all start from the same weights.
 
     The paper initialises every part network from the same ImageNet Inception; loading the
     weights once and copying also avoids ``count`` reads of a 100 MB file.
     """
-    first = build_trunk(name, pretrained)
+    first = build_trunk(name, pretrained, image_size, widths)
     return [first] + [copy.deepcopy(first) for _ in range(count - 1)]
 
 
+def build_digit_localisation() -> nn.Module:
+    """The digit localisation trunk (:data:`DIGIT_LOC_WIDTHS`): (B,1,H,W) -> (B,20,h,w)."""
+    return DigitCNNTrunk(DIGIT_LOC_WIDTHS, kernels=(5, 5)).body
+
+
 @torch.no_grad()
-def feature_map_size(trunk: nn.Module, image_size: int) -> tuple[int, int]:
-    """Spatial size (h, w) of the trunk's output for a square ``image_size`` input."""
+def output_shape(trunk: nn.Module, image_size: int, in_channels: int = 3) -> tuple[int, ...]:
+    """Shape (C, h, w) of the trunk's output for one square ``image_size`` input."""
     was_training = trunk.training
     trunk.eval()  # keep BatchNorm running statistics untouched
     try:
-        out = trunk(torch.zeros(1, 3, image_size, image_size))
+        out = trunk(torch.zeros(1, in_channels, image_size, image_size))
     finally:
         trunk.train(was_training)
-    return int(out.shape[-2]), int(out.shape[-1])
+    return tuple(int(d) for d in out.shape[1:])
+
+
+def feature_map_size(trunk: nn.Module, image_size: int, in_channels: int = 3) -> tuple[int, int]:
+    """Spatial size (h, w) of the trunk's output for a square ``image_size`` input."""
+    shape = output_shape(trunk, image_size, in_channels)
+    return shape[-2], shape[-1]

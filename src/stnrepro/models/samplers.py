@@ -94,7 +94,8 @@ _BORDER = 1  # aten grid_sampler padding_mode
 
 
 def check_sampler(sampler: str, transform: str = "attention") -> None:
-    """Refuse an unknown sampler, or ``roi_align`` for a non-attention transform.
+    """Refuse an unknown sampler, ``roi_align`` for a non-attention transform, or a fast
+    sampler for a non-affine one (projective and tps warps are sampled by ``grid_sample``).
 
     The one place of this rule: the config check, :class:`SpatialTransformer` and
     :func:`sample_crops` all call it. The message names the config keys.
@@ -105,6 +106,11 @@ def check_sampler(sampler: str, transform: str = "attention") -> None:
         raise ConfigError(
             f"model.sampler=roi_align: needs model.transform=attention (got {transform!r}); "
             "use model.sampler=analytic or grid_sample for affine"
+        )
+    if sampler != "grid_sample" and transform not in ("attention", "affine"):
+        raise ConfigError(
+            f"model.sampler={sampler}: model.transform={transform} is sampled by grid_sample "
+            "only (set model.sampler=grid_sample)"
         )
 
 

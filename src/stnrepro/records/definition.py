@@ -26,7 +26,7 @@ DEFINITION_NAME = "run_config.json"
 CHECKPOINT_KEY = "stnrepro_run_definition"
 
 # Dotted keys (a key or the start of one) that cannot change a run's results, with why.
-# README lists them; everything else in the resolved config defines the run.
+# docs/runs.md lists them; everything else in the resolved config defines the run.
 NOT_RUN_DEFINING: dict[str, str] = {
     "paths": "where data and outputs live, not what is computed",
     "logger": "where metrics are sent (W&B, CSV or none)",
@@ -69,6 +69,12 @@ MOVED_TARGETS: dict[str, str] = {
 # that value, so a folder or record written before the key was added is still its run.
 ADDED_KEYS: dict[str, Any] = {
     "init_from": None,  # no weights from elsewhere: training started from the model's init
+    # The digit models' keys: their absence is the bird ST-CNN as it always was.
+    "model.localisation": "shared",
+    "model.warp_bound": None,
+    "model.tps_grid": 4,
+    "model.trunk_widths": None,
+    "model.scheduler_interval": "epoch",  # schedulers stepped once per epoch
 }
 
 

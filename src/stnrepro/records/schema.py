@@ -14,11 +14,19 @@ Schema (version 1)::
                     command; running = not ended, or killed without warning)
     error           str | null                           (one line when failed)
     run_name        str
-    started_at      ISO-8601 str | null
-    finished_at     ISO-8601 str | null                  (required when finished)
-    cell            the fields of RunCell, in that order (crop_size and transform optional)
+    started_at      ISO-8601 str | null                  the latest attempt's start
+    finished_at     ISO-8601 str | null                  its end (required when finished)
+    cell            the fields of RunCell, in that order (crop_size, transform and
+                    distortion optional; distortion is written only when the run has one)
     metrics         {name: number | null}                (accuracies are fractions in [0, 1])
     logger, epochs, wall_time_s, output_dir              optional, type-checked when present
+                                                         (wall_time_s: the latest attempt's)
+    attempts        [{started_at, ended_at, wall_time_s, status, reason, job}] | null
+                    (optional) every attempt of the run in its folder, oldest first: a
+                    resume or a SLURM requeue adds one. status as above, reason why it
+                    ended when not finished, job the SLURM job id or null; ended_at null
+                    means killed without warning. Their wall_time_s add up to the run's
+                    cost (RunRecord.total_wall_time_s).
     predictions     "predictions.csv" | null (optional)  the per-image test predictions file,
                                                          always the one next to metrics.json
                                                          (null: no test); no other name or path
@@ -31,7 +39,8 @@ Schema (version 1)::
                                                          ``stnrepro.run.provenance``)
 
 Records written before ``config`` and ``provenance`` existed lack them; readers treat them as
-unknown (the table compares such runs on their cell keys only).
+unknown (the table compares such runs on their cell keys only). Records written before
+``attempts`` existed lack it: they stand for one attempt, the record's own.
 
 The cell keys are defined once, as the fields of ``RunCell``: each field's metadata names the
 config key it is read from, its type and its minimum.
@@ -70,10 +79,25 @@ def parse_timestamp(value: str) -> datetime:
 
 
 def _cell_key(
-    config: str, kind: type, *, optional: bool = False, minimum: int | None = None
+    config: str,
+    kind: type,
+    *,
+    optional: bool = False,
+    minimum: int | None = None,
+    added: bool = False,
 ) -> Any:
-    """A RunCell field: read from config key ``config``, of type ``kind``."""
-    meta = {"config": config, "kind": kind, "required": not optional, "minimum": minimum}
+    """A RunCell field: read from config key ``config``, of type ``kind``.
+
+    ``added``: a key added after schema 1 was fixed, optional and written only when the run
+    has a value for it, so records of runs without it stay as they were (and older records,
+    which lack it, read as null)."""
+    meta = {
+        "config": config,
+        "kind": kind,
+        "required": not optional,
+        "minimum": minimum,
+        "added": added,
+    }
     return field(default=None, metadata=meta) if optional else field(metadata=meta)
 
 
@@ -84,7 +108,20 @@ class RunCell:
     Field order is the order of the ``cell`` keys in ``metrics.json``.
     """
 
+    @property
+    def is_digit(self) -> bool:
+        """Whether the run is of the digit experiment (Table 1): a digit backbone or a
+        distortion; else it is of the bird experiment (Table 3)."""
+        return is_digit_backbone(self.backbone) or self.distortion is not None
+
+    @property
+    def model(self) -> str:
+        """The model's one name (:func:`model_label`)."""
+        return model_label(self.num_transformers, self.backbone, self.transform)
+
     dataset: str = _cell_key("data.name", str)
+    # The digit experiment's (Table 1) distortion of the images: none | R | RTS | P | E.
+    distortion: str | None = _cell_key("data.distortion", str, optional=True, added=True)
     backbone: str = _cell_key("model.backbone", str)
     pretrained: bool = _cell_key("model.pretrained", bool)
     image_size: int = _cell_key("data.image_size", int, minimum=1)
@@ -94,10 +131,40 @@ class RunCell:
     seed: int = _cell_key("seed", int)
 
 
-def model_label(num_transformers: int | None) -> str:
-    """The one short name of a model by its transformer count: ``CNN``, ``2xST``, ``4xST``
-    (run names, table rows and claims are built from it)."""
-    return "CNN" if not num_transformers else f"{num_transformers}xST"
+# Digit backbones (Table 1) and how the paper names them; any other backbone is a bird
+# (Table 3) model, named by its transformer count.
+DIGIT_BACKBONES = {"digit_fcn": "FCN", "digit_cnn": "CNN"}
+# The paper's short names of the digit transformers (Table 1: "ST-CNN Aff").
+TRANSFORM_LABELS = {"affine": "Aff", "projective": "Proj", "tps": "TPS"}
+
+
+def is_digit_backbone(backbone: str | None) -> bool:
+    """Whether ``backbone`` is one of the digit experiment's (Table 1) backbones."""
+    return backbone in DIGIT_BACKBONES
+
+
+def model_label(
+    num_transformers: int | None, backbone: str | None = None, transform: str | None = None
+) -> str:
+    """The one name of a model, used by run names, table rows and claims.
+
+    Bird backbones: by the transformer count, ``CNN``, ``2xST``, ``4xST``. Digit backbones
+    (:data:`DIGIT_BACKBONES`): the paper's Table 1 names, ``FCN``, ``CNN``, and with one
+    transformer ``ST-FCN Aff``, ``ST-CNN Proj``, ``ST-CNN TPS``; a transform without a short
+    name is shown as written, and several digit transformers as ``2xST-CNN Aff``.
+    """
+    if not is_digit_backbone(backbone):
+        return "CNN" if not num_transformers else f"{num_transformers}xST"
+    base = DIGIT_BACKBONES[str(backbone)]
+    if not num_transformers:
+        return base
+    count = "" if num_transformers == 1 else f"{num_transformers}x"
+    return f"{count}ST-{base} {TRANSFORM_LABELS.get(str(transform), show_transform(transform))}"
+
+
+def show_transform(transform: str | None) -> str:
+    """A transform without a paper name, as the user wrote it (``?`` when unknown)."""
+    return "?" if transform is None else str(transform)
 
 
 class CellKey(NamedTuple):
@@ -108,6 +175,7 @@ class CellKey(NamedTuple):
     kind: type
     required: bool
     minimum: int | None
+    added: bool = False
 
     def accepts(self, value: Any) -> bool:
         """Whether ``value`` (not null) is of this key's type and at least its minimum."""
@@ -141,6 +209,16 @@ class RunRecord:
     # The run definition: the record's ``config``, or else (W&B) the run's logged config.
     config: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
     provenance: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    attempts: tuple[Mapping[str, Any], ...] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def total_wall_time_s(self) -> float | None:
+        """What the run cost over all its attempts (seconds); the record's own
+        ``wall_time_s`` when it lists none; None when no attempt says."""
+        if not self.attempts:
+            return self.wall_time_s
+        times = [a["wall_time_s"] for a in self.attempts if a.get("wall_time_s") is not None]
+        return float(sum(times)) if times else None
 
     @property
     def finished(self) -> bool:
@@ -315,6 +393,55 @@ def visible(value: Any) -> Any:
     return value
 
 
+# An ``attempts`` entry's keys: (kind, nullable); "timestamp" is an ISO-8601 string.
+_ATTEMPT_KEYS = {
+    "started_at": ("timestamp", True),
+    "ended_at": ("timestamp", True),
+    "wall_time_s": ("number", True),
+    "status": ("str", False),
+    "reason": ("str", True),
+    "job": ("str", True),
+}
+
+
+def _parse_attempts(data: Mapping[str, Any], source: str) -> tuple[dict[str, Any], ...] | None:
+    """The record's ``attempts`` (absent in records written before it existed: None)."""
+    raw = data.get("attempts")
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise fail(source, f"key 'attempts' must be a list, got {raw!r} ({_type_name(raw)})")
+    attempts = []
+    for i, entry in enumerate(raw):
+        key = f"attempts[{i}]"
+        if not isinstance(entry, Mapping):
+            raise fail(source, f"key '{key}' must be an object, got {_type_name(entry)}")
+        attempt: dict[str, Any] = {}
+        for name, (kind, nullable) in _ATTEMPT_KEYS.items():
+            prefix = f"{key}."
+            if kind == "timestamp":
+                value = _get(entry, name, "str", source, prefix=prefix, nullable=nullable)
+                if value is not None:
+                    try:
+                        parse_timestamp(value)
+                    except ValueError:
+                        raise fail(
+                            source,
+                            f"key '{prefix}{name}' must be an ISO-8601 timestamp, got {value!r}",
+                        ) from None
+            else:
+                value = _get(entry, name, kind, source, prefix=prefix, nullable=nullable)
+            attempt[name] = value
+        if attempt["status"] not in STATUSES:
+            raise fail(
+                source,
+                f"key '{key}.status' must be one of {', '.join(STATUSES)}, "
+                f"got {attempt['status']!r}",
+            )
+        attempts.append(attempt)
+    return tuple(attempts)
+
+
 def _parse_record(data: Any, source: str, config: Mapping[str, Any] | None) -> RunRecord:
     if not isinstance(data, Mapping):
         raise fail(source, f"expected a JSON object, got {_type_name(data)}")
@@ -357,4 +484,5 @@ def _parse_record(data: Any, source: str, config: Mapping[str, Any] | None) -> R
         config=current_names(_get(data, "config", "dict", source, required=False) or config or {})
         or None,
         provenance=_get(data, "provenance", "dict", source, required=False),
+        attempts=_parse_attempts(data, source),
     )

@@ -87,7 +87,7 @@ def load_paper_table(text: str | None = None) -> list[PaperRow]:
 # --------------------------------------------------------------------------- aggregation
 
 
-def _is_accuracy(metric: str) -> bool:
+def is_accuracy(metric: str) -> bool:
     return metric.rsplit("/", 1)[-1].startswith("acc")
 
 
@@ -95,7 +95,7 @@ def _is_top1(metric: str) -> bool:
     return metric.rsplit("/", 1)[-1] == "acc"
 
 
-def _describe_values(records: Sequence[RunRecord], get: Callable[[RunRecord], object]) -> str:
+def describe_values(records: Sequence[RunRecord], get: Callable[[RunRecord], object]) -> str:
     counts = Counter(get(r) for r in records)
     items = sorted(counts.items(), key=_sort_key)
     return ", ".join(f"{show(v)}: {plural(c, 'run')}" for v, c in items)
@@ -124,9 +124,16 @@ def _select(
         kept = [r for r in picked if get(r) == value]
         if not kept:
             raise TableError(
-                f"no runs with {flag}={show(value)} (found {_describe_values(picked, get)})"
+                f"no runs with {flag}={show(value)} (found {describe_values(picked, get)})"
             )
         picked = kept
+    digit = [r for r in picked if r.cell.is_digit]
+    if digit:  # Table 1's runs have their own table (``stnrepro.results.digits``)
+        raise TableError(
+            f"{digit[0].source}: a digit run (backbone {show(digit[0].cell.backbone)}, "
+            f"distortion {show(digit[0].cell.distortion)}) in the bird table (Table 3); "
+            "expected bird runs only: stn-table makes the digit table from digit runs alone"
+        )
 
     mixed: list[str] = []
     hints: list[str] = []
@@ -136,7 +143,7 @@ def _select(
         ("pretrained", "--pretrained/--no-pretrained", lambda r: r.cell.pretrained),
     ):
         if len({get(r) for r in picked}) > 1:
-            mixed.append(f"{flag} ({_describe_values(picked, get)})")
+            mixed.append(f"{flag} ({describe_values(picked, get)})")
             hints.append(hint)
     if mixed:
         raise TableError(
@@ -151,7 +158,7 @@ def _select(
     ):
         if len({get(r) for r in st_runs}) > 1:
             raise TableError(
-                f"ST runs mix {flag} ({_describe_values(st_runs, get)}); one table compares "
+                f"ST runs mix {flag} ({describe_values(st_runs, get)}); one table compares "
                 "one ST setup: put the runs of each setup under separate directories"
             )
     return picked
@@ -198,7 +205,7 @@ def _metric_value(record: RunRecord, metric: str, percent: bool) -> float:
     return value
 
 
-def _cell_stats(
+def cell_stats(
     size: int, nt: int, runs: Sequence[RunRecord], metric: str, percent: bool
 ) -> CellStats:
     """Count excluded runs, keep the latest finished run per seed, read its metric."""
@@ -246,7 +253,7 @@ def aggregate(
     # Runs refused for a bad value before their cell was known: failed, in no cell.
     unplaced = [r for r in records if not r.placed]
     picked = _select([r for r in records if r.placed], dataset, backbone, pretrained)
-    percent = _is_accuracy(metric)
+    percent = is_accuracy(metric)
 
     size_map, mapped = _size_map(
         (r.cell.image_size for r in picked), (p.input_px for p in ours_rows if p.input_px)
@@ -261,7 +268,7 @@ def aggregate(
         for (size, nt), runs in sorted(by_cell.items())
     )
     cells = {
-        key: _cell_stats(key[0], key[1], runs, metric, percent) for key, runs in by_cell.items()
+        key: cell_stats(key[0], key[1], runs, metric, percent) for key, runs in by_cell.items()
     }
     n_used = sum(c.n for c in cells.values())
     n_failed = sum(c.failed for c in cells.values()) + sum(r.status == "failed" for r in unplaced)

@@ -1,4 +1,4 @@
-"""Runs in one table cell must be the same experiment up to the seed (README, issue 11).
+"""Runs in one table cell must be the same experiment up to the seed (docs/table.md).
 
 A cell's mean ± std is over seeds only: runs that also differ in any other run-defining key
 (``stnrepro.records.definition``, kept in each record's ``config``) are different

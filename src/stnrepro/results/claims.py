@@ -89,7 +89,9 @@ def run_predictions(record: RunRecord) -> Predictions | None:
 _Cache = dict[str, Predictions | None]
 
 
-def _split(runs: Sequence[RunRecord], cache: _Cache) -> tuple[list[Predictions], tuple[str, ...]]:
+def predictions_of(
+    runs: Sequence[RunRecord], cache: _Cache
+) -> tuple[list[Predictions], tuple[str, ...]]:
     """The runs' predictions (each file read once per ``cache``) and the runs without."""
     found: list[Predictions] = []
     missing: list[str] = []
@@ -106,7 +108,7 @@ def _split(runs: Sequence[RunRecord], cache: _Cache) -> tuple[list[Predictions],
 
 def with_interval(stats: CellStats, top5: bool, cache: _Cache) -> CellStats:
     """``stats`` with its 95% interval (in %) and the names of runs without predictions."""
-    found, missing = _split(stats.runs, cache)
+    found, missing = predictions_of(stats.runs, cache)
     if not found:
         return dataclasses.replace(stats, missing=missing)
     interval = cell_interval(found, top5=top5)
@@ -164,8 +166,8 @@ def claim(a: TableRow, b: TableRow, compare_to_paper: bool, cache: _Cache) -> Cl
         )
     runs_a = a.stats.runs if a.stats is not None else ()
     runs_b = b.stats.runs if b.stats is not None else ()
-    found_a, missing_a = _split(runs_a, cache)
-    found_b, missing_b = _split(runs_b, cache)
+    found_a, missing_a = predictions_of(runs_a, cache)
+    found_b, missing_b = predictions_of(runs_b, cache)
     missing = missing_a + missing_b
     if not found_a or not found_b:
         mean_a = a.stats.mean if a.stats is not None else None

@@ -1,14 +1,16 @@
 """The table's machine-readable view: CSV rows of the main table and of the claims.
 
 Raw numbers, one line per table row (or per claim), in the same order as the Markdown; the
-columns are listed once, in ``CSV_FIELDS`` and ``CLAIM_FIELDS`` (README documents them).
+columns are listed once, in ``CSV_FIELDS`` and ``CLAIM_FIELDS`` (docs/table.md documents them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from stnrepro.results import digits_layout
 from stnrepro.results.aggregate import attention_lines
+from stnrepro.results.digits import DigitTable
 from stnrepro.results.environment import describe
 from stnrepro.results.model import ATTENTION_METRICS, AttentionLine, Claim, TableData, TableRow
 
@@ -21,7 +23,7 @@ def _stat(get: Callable[[TableRow], CsvValue]) -> _Get:
     return lambda table, row: None if row.stats is None else get(row)
 
 
-# The CSV columns, in order (README documents them); floats are written with 4 decimals.
+# The CSV columns, in order (docs/table.md documents them); floats are written with 4 decimals.
 CSV_FIELDS: tuple[tuple[str, _Get], ...] = (
     ("row", lambda t, r: r.label),
     ("group", lambda t, r: r.group),
@@ -57,9 +59,13 @@ def attention_columns(table: TableData) -> tuple[str, ...]:
 
 
 def csv_rows(
-    table: TableData, attention: bool | None = None
+    table: TableData | DigitTable, attention: bool | None = None
 ) -> tuple[tuple[str, ...], list[list[CsvValue]]]:
-    """Header and rows of the CSV; ``attention`` (default ``table.attention``) adds st{i}_*."""
+    """Header and rows of the CSV; ``attention`` (default ``table.attention``) adds st{i}_*.
+
+    The digit table (Table 1) has its own columns (``digits_layout.CSV_FIELDS``)."""
+    if isinstance(table, DigitTable):
+        return digits_layout.csv_rows(table)
     with_attention = table.attention if attention is None else attention
     by_row: dict[int, dict[int, AttentionLine]] = {}
     if with_attention:
@@ -98,6 +104,11 @@ CLAIM_FIELDS: tuple[tuple[str, Callable[[Claim], CsvValue]], ...] = (
 CLAIM_COLUMNS = tuple(name for name, _ in CLAIM_FIELDS)
 
 
-def claims_csv_rows(table: TableData) -> tuple[tuple[str, ...], list[list[CsvValue]]]:
-    """Header and rows of the claims CSV (no rows when the table has no claims)."""
+def claims_csv_rows(
+    table: TableData | DigitTable,
+) -> tuple[tuple[str, ...], list[list[CsvValue]]]:
+    """Header and rows of the claims CSV (no rows when the table has no claims); the digit
+    table's claims are in error (``digits_layout.CLAIM_FIELDS``)."""
+    if isinstance(table, DigitTable):
+        return digits_layout.claims_csv_rows(table)
     return CLAIM_COLUMNS, [[get(c) for _, get in CLAIM_FIELDS] for c in table.claims or ()]

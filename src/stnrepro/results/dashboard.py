@@ -15,11 +15,12 @@ from pathlib import Path
 
 from stnrepro.records.reader import TABLE_JOB_TYPE as JOB_TYPE
 from stnrepro.results.csv_rows import claims_csv_rows, csv_rows
+from stnrepro.results.digits import DigitTable
 from stnrepro.results.model import TableData
 
 
 def log_table(
-    table: TableData,
+    table: TableData | DigitTable,
     paths: Sequence[Path],
     *,
     name: str,

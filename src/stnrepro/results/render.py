@@ -21,7 +21,10 @@ from typing import Any
 from tabulate import SEPARATING_LINE, DataRow, Line, TableFormat, tabulate
 
 from stnrepro.errors import one_line
+from stnrepro.results import digits_layout
 from stnrepro.results.csv_rows import CsvValue, claims_csv_rows, csv_rows
+from stnrepro.results.digits import DigitTable
+from stnrepro.results.digits_plot import render_digit_plot
 from stnrepro.results.layout import (
     EXTRA_TITLE,
     PAPER_DATASET,
@@ -37,6 +40,9 @@ from stnrepro.results.layout import (
 )
 from stnrepro.results.model import GROUP_PAPER, GROUP_PRIOR, TableData, TableError
 from stnrepro.utils.atomic import temp_path
+
+# The bird table (Table 3) or the digit table (Table 1): every renderer takes either.
+AnyTable = TableData | DigitTable
 
 # --------------------------------------------------------------------------- text formats
 
@@ -166,9 +172,15 @@ def _table(section: Section, style: _Style) -> str:
     )
 
 
-def _render(table: TableData, style: _Style, attention: bool | None) -> str:
+def _sections(table: AnyTable, attention: bool | None) -> list[Section]:
+    if isinstance(table, DigitTable):
+        return digits_layout.sections(table)
+    return sections(table, attention)
+
+
+def _render(table: AnyTable, style: _Style, attention: bool | None) -> str:
     out: list[str] = []
-    for i, section in enumerate(sections(table, attention)):
+    for i, section in enumerate(_sections(table, attention)):
         out += style.heading(section.title, i)
         out += [style.note + line for line in section.notes]
         if any(group.rows for group in section.groups):
@@ -178,22 +190,22 @@ def _render(table: TableData, style: _Style, attention: bool | None) -> str:
     return "\n".join(out) + "\n"
 
 
-def render_markdown(table: TableData, attention: bool | None = None) -> str:
+def render_markdown(table: AnyTable, attention: bool | None = None) -> str:
     """Markdown: ``#`` title, notes as a list, pipe tables (``attention``: see ``sections``)."""
     return _render(table, MARKDOWN, attention)
 
 
-def render_latex(table: TableData, attention: bool | None = None) -> str:
+def render_latex(table: AnyTable, attention: bool | None = None) -> str:
     """booktabs ``tabular``s to ``\\input``; titles and notes go in ``%`` comments."""
     return _render(table, LATEX, attention)
 
 
-def render_terminal(table: TableData, attention: bool | None = None) -> str:
+def render_terminal(table: AnyTable, attention: bool | None = None) -> str:
     """Plain text for a terminal; short headers (units in them) to fit 80 columns."""
     return _render(table, TERMINAL, attention)
 
 
-def print_table(table: TableData, attention: bool | None = None) -> None:
+def print_table(table: AnyTable, attention: bool | None = None) -> None:
     """Show the table in the terminal, with the same notes as the files."""
     print(render_terminal(table, attention), end="")
 
@@ -209,12 +221,12 @@ def _csv_value(value: CsvValue) -> str:
     return f"{value + 0.0:.4f}"
 
 
-def render_csv(table: TableData, attention: bool | None = None) -> str:
+def render_csv(table: AnyTable, attention: bool | None = None) -> str:
     """Machine-readable rows (columns: ``layout.CSV_FIELDS``); floats with 4 decimals."""
     return _write_csv(*csv_rows(table, attention))
 
 
-def render_claims_csv(table: TableData) -> str:
+def render_claims_csv(table: AnyTable) -> str:
     """The claims, one line each (columns: ``layout.CLAIM_FIELDS``); floats with 4 decimals."""
     return _write_csv(*claims_csv_rows(table))
 
@@ -230,7 +242,7 @@ def _write_csv(header: tuple[str, ...], rows: list[list[CsvValue]]) -> str:
 # --------------------------------------------------------------------------- plot
 
 
-def render_plot(table: TableData, path: str | os.PathLike[str]) -> None:
+def render_plot(table: AnyTable, path: str | os.PathLike[str]) -> None:
     """PNG, two panels: each cell's runs and 95% interval; each claim's difference.
 
     Panel 1 shows every seed's value as a dot and the cell's 95% interval as an error bar
@@ -238,8 +250,12 @@ def render_plot(table: TableData, path: str | os.PathLike[str]) -> None:
     the runs are on the paper's dataset, so a synthetic accuracy never stands next to the
     CUB one as if comparable. Panel 2 (when the table has claims) shows each claim's paired
     difference with its interval beside the paper's difference, around a zero line. Legends
-    sit below the axes, so they hide no label.
+    sit below the axes, so they hide no label. The digit table (Table 1) has its own plot
+    (``stnrepro.results.digits_plot``).
     """
+    if isinstance(table, DigitTable):
+        render_digit_plot(table, path)
+        return
     # Figure + Agg canvas directly: no pyplot, so no global backend state is touched.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -261,12 +277,16 @@ def render_plot(table: TableData, path: str | os.PathLike[str]) -> None:
     fig.savefig(path, format="png", metadata={"Software": None})
 
 
-def _plot_or_refuse(table: TableData, path: Path, name: str) -> None:
+def _plot_or_refuse(table: AnyTable, path: Path, name: str) -> None:
     """:func:`render_plot`, with values matplotlib cannot lay out as the table's one line."""
     try:
         render_plot(table, path)
     except (ValueError, OverflowError) as exc:
-        values = [v for r in table.rows if r.stats is not None for v in r.stats.values]
+        values = (
+            [v for c in table.cells for v in c.values]
+            if isinstance(table, DigitTable)
+            else [v for r in table.rows if r.stats is not None for v in r.stats.values]
+        )
         extent = f" (values from {min(values):.4g} to {max(values):.4g})" if values else ""
         raise TableError(
             f"{name}: cannot plot the {table.metric} values{extent}: {one_line(exc)}; "
@@ -381,7 +401,7 @@ def _plot_claims(ax: Any, table: TableData, claims: list) -> None:
 # --------------------------------------------------------------------------- output
 
 
-def default_table_name(table: TableData) -> str:
+def default_table_name(table: AnyTable) -> str:
     """``<dataset>_table``, made safe for a file name."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", table.dataset).strip("._") + "_table"
 
@@ -391,7 +411,7 @@ def _check_name(name: str) -> None:
         raise TableError(f"--name {name!r}: expected a plain file stem (no '/', not hidden)")
 
 
-def write_table(table: TableData, out_dir: str | os.PathLike[str], name: str) -> list[Path]:
+def write_table(table: AnyTable, out_dir: str | os.PathLike[str], name: str) -> list[Path]:
     """Write ``<name>.md/.csv/.tex/.png`` and ``<name>_claims.csv`` to ``out_dir``
     all-or-nothing (temp files, renames).
 

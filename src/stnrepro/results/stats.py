@@ -29,6 +29,8 @@ LEVEL = 0.95
 DRAWS = 2000
 SEED = 0
 CUB_TEST_IMAGES = 5794  # CUB-200-2011's official test split (train_test_split.txt == 0)
+# MNIST's test set (t10k); the paper's distorted test sets are taken to be it, distorted.
+MNIST_TEST_IMAGES = 10000
 _CHUNK = 128  # bootstrap draws per vectorised block: keeps memory ~ _CHUNK x n_images x 8 B
 
 Verdict = Literal["confirmed", "contradicted", "inconclusive"]
