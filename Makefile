@@ -2,7 +2,9 @@
 #   make demo   create .venv, install the locked versions, run the CPU demo sweep, print the table
 #   make test   create .venv, install the locked versions, lint, run the tests
 # Other targets: make lock (re-resolve requirements.lock), make demo-check (regenerate the demo
-# table into a temporary folder and diff it against results/), make lint, make clean.
+# table into a temporary folder and diff it against results/), make table1 / table1-check (the
+# same for Table 1 on Fashion-MNIST, about an hour on 2 cores), make test-fast (the tests not
+# marked slow), make lint, make clean.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -12,7 +14,7 @@ LOCK := requirements.lock
 LOCK_DATE := 2026-12-01T00:00:00Z
 UV_VERSION := 0.13.9
 
-.PHONY: demo demo-check test test-slurm lint lock venv clean
+.PHONY: demo demo-check table1 table1-check test test-fast test-slurm lint lock venv clean
 
 venv: $(STAMP)
 
@@ -29,6 +31,12 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
 	$(PY) -m pytest -q
+
+# The inner loop: lint and the tests not marked slow (no subprocess sweeps, SLURM, DDP, wheel).
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+	$(PY) -m pytest -q -m "not slow"
 
 # --- SLURM: the SLURM tests (tests/test_slurm.py) on a one-node cluster they start themselves.
 # Needs root and `apt-get install slurm-wlm munge`; without them the tests skip saying why.
@@ -52,13 +60,31 @@ demo: $(STAMP)
 		--name demo_table --out results/ --with-attention
 
 # The demo again from scratch in a temporary folder; fails when its table differs from the
-# committed one (same locked versions, CPU capability and thread count give the same table).
+# committed one (same locked versions, CPU model, capability and thread count: same table).
 demo-check: $(STAMP)
 	tmp="$$(mktemp -d)" && STNREPRO_ROOT="$$tmp" $(PY) -m stnrepro.train -m experiment=demo_table \
 		&& $(VENV)/bin/stn-table --runs "$$tmp/logs/demo/multiruns" --name demo_table \
 			--out "$$tmp/results" --with-attention \
 		&& diff -u results/demo_table.csv "$$tmp/results/demo_table.csv" \
 		&& echo "demo-check: $$tmp/results/demo_table.csv equals results/demo_table.csv"
+
+# Table 1 on Fashion-MNIST (experiment fashion_mnist_table, Debian's dataset-fashion-mnist),
+# the table into results/, and the sweep's wall time, date and CPU beside it.
+T1_SWEEP := $(PY) -m stnrepro.train -m experiment=fashion_mnist_table
+T1_TABLE := $(VENV)/bin/stn-table --name fashion_mnist_table --dataset fashion_mnist
+T1_MACHINE := $$(date -u +%F), $$(nproc) cores, $$(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -n 1)
+table1: $(STAMP)
+	start=$$(date +%s) && $(T1_SWEEP) \
+		&& echo "sweep wall time: $$(( $$(date +%s) - start )) s on $(T1_MACHINE)" \
+			> results/fashion_mnist_table_wall.txt
+	$(T1_TABLE) --runs "$$(ls -d logs/fashion_mnist_table/multiruns/*/ | tail -n 1)" --out results/
+	cat results/fashion_mnist_table_wall.txt
+
+table1-check: $(STAMP)
+	tmp="$$(mktemp -d)" && STNREPRO_ROOT="$$tmp" $(T1_SWEEP) \
+		&& $(T1_TABLE) --runs "$$tmp/logs/fashion_mnist_table/multiruns" --out "$$tmp/results" \
+		&& diff -u results/fashion_mnist_table.csv "$$tmp/results/fashion_mnist_table.csv" \
+		&& echo "table1-check: $$tmp/results/fashion_mnist_table.csv equals results/fashion_mnist_table.csv"
 
 clean:
 	rm -rf $(VENV) logs outputs multirun wandb .pytest_cache

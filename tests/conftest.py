@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from stnrepro.config import compose_config
+from stnrepro.data.digits import IDX_FILES
 
 # Tests never talk to W&B servers and never prompt.
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -51,3 +54,34 @@ def make_cfg(tmp_path):
         return compose_train(overrides, tmp_path / "run", data_dir)
 
     return _make
+
+
+def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    head = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return head + array.astype(np.uint8).tobytes()
+
+
+def write_digits(root: Path, n_train: int = 40, n_test: int = 20, gz: bool = True) -> Path:
+    """Tiny idx files: a bright square at a class-dependent place on a 28x28 black image."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = np.arange(n) % 10
+        images = np.zeros((n, 28, 28), dtype=np.uint8)
+        for i, c in enumerate(labels):
+            r, col = 4 + 2 * (c % 5), 6 + 8 * (c // 5)
+            images[i, r : r + 8, col : col + 6] = 200 + rng.integers(0, 55)
+        for kind, arr, magic in (("images", images, 2051), ("labels", labels, 2049)):
+            data = idx_bytes(arr, magic)
+            name = IDX_FILES[(split, kind)]
+            if gz:
+                (root / f"{name}.gz").write_bytes(gzip.compress(data))
+            else:
+                (root / name).write_bytes(data)
+    return root
+
+
+@pytest.fixture
+def digits_root(tmp_path) -> Path:
+    """A folder of tiny MNIST-format idx files (40 training, 20 test images)."""
+    return write_digits(tmp_path / "digits")

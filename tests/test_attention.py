@@ -1,4 +1,4 @@
-"""Attention boxes, metrics, figure, callback and the stn-attention command (issue 7)."""
+"""Attention boxes, metrics, figure, callback and the stn-attention command."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -286,7 +287,7 @@ def test_missing_required_file(tiny: Path, name: str) -> None:
 
 def test_missing_images_dir_and_half_parts(tiny: Path) -> None:
     (tiny / "parts" / "part_locs.txt").unlink()
-    with pytest.raises(DataError, match="part_locs.txt: file not found"):
+    with pytest.raises(DataError, match=re.escape("part_locs.txt: file not found")):
         CUBIndex.load(tiny, check_images=True)
     (tiny / "images").rename(tiny / "imgs")
     with pytest.raises(DataError, match="images: directory not found"):

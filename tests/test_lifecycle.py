@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,7 +73,7 @@ def test_another_run_in_the_same_folder_is_refused_naming_the_keys(
     run_dir = Path(cfg.paths.output_dir)
     before = snapshot(run_dir)
     with pytest.raises(ConfigError, match="holds another run") as info:
-        train(make_cfg(tiny(cub_root) + [change]))
+        train(make_cfg([*tiny(cub_root), change]))
     message = str(info.value)
     assert named in message and "\n" not in message and "Use a new output folder" in message
     assert snapshot(run_dir) == before  # the finished record is not touched
@@ -83,7 +84,7 @@ def test_a_folder_from_an_older_version_is_refused_not_mixed(cub_root, make_cfg)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.json").write_text(json.dumps({"status": "finished"}))
-    with pytest.raises(ConfigError, match="without run_config.json"):
+    with pytest.raises(ConfigError, match=re.escape("without run_config.json")):
         train(cfg)
 
 
@@ -121,8 +122,8 @@ def test_added_keys_mean_what_their_config_default_means(cub_root, make_cfg):
 def test_keys_that_cannot_change_results_do_not_define_the_run(cub_root, make_cfg):
     base = run_definition(make_cfg(tiny(cub_root)))
     other = run_definition(
-        make_cfg(tiny(cub_root) + ["logger=wandb", "data.num_workers=2", "tags=[x]",
-                                   "trainer.log_every_n_steps=3", "ckpt_path=null"])
+        make_cfg([*tiny(cub_root), "logger=wandb", "data.num_workers=2", "tags=[x]",
+                  "trainer.log_every_n_steps=3", "ckpt_path=null"])
     )  # fmt: skip
     assert base == other
     assert base["seed"] == 0 and base["model.optimizer.lr"] == 0.01
@@ -138,9 +139,12 @@ def test_a_second_process_in_the_same_folder_is_refused_naming_the_holder(cub_ro
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True)
     (run_dir / HOLDER_NAME).write_text("pid 4242 on node7 since 2026-12-01T10:00:00+00:00\n")
-    with FileLock(str(run_dir / LOCK_NAME)):  # another holder (a separate file descriptor)
-        with pytest.raises(ConfigError, match="in use by pid 4242 on node7"):
-            train(cfg)
+    # FileLock: another holder (a separate file descriptor)
+    with (
+        FileLock(str(run_dir / LOCK_NAME)),
+        pytest.raises(ConfigError, match="in use by pid 4242 on node7"),
+    ):
+        train(cfg)
     assert not (run_dir / "metrics.json").exists()
 
 
@@ -169,8 +173,8 @@ def test_a_second_sweep_into_the_same_folder_does_not_reuse_the_first(cub_root, 
 
 def test_a_run_refused_for_a_bad_value_leaves_its_folder_free_for_the_fix(cub_root, make_cfg):
     """A failed record without checkpoints holds nothing to resume or protect."""
-    bad = make_cfg(tiny(cub_root) + ["model.fixed_scale=1.5"])
-    with pytest.raises(ConfigError, match="model.fixed_scale=1.5"):
+    bad = make_cfg([*tiny(cub_root), "model.fixed_scale=1.5"])
+    with pytest.raises(ConfigError, match=re.escape("model.fixed_scale=1.5")):
         train(bad)
     run_dir = Path(bad.paths.output_dir)
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "failed"

@@ -96,7 +96,7 @@ def test_same_seed_same_metrics_on_cpu(cub_root, make_cfg, tmp_path):
 
 
 def test_missing_checkpoint_path_is_refused(cub_root, make_cfg, tmp_path):
-    cfg = make_cfg(overrides(cub_root, tmp_path) + ["logger=none", f"ckpt_path={tmp_path}/x.ckpt"])
+    cfg = make_cfg([*overrides(cub_root, tmp_path), "logger=none", f"ckpt_path={tmp_path}/x.ckpt"])
     with pytest.raises(ConfigError, match=r"ckpt_path=.*x\.ckpt: file not found"):
         train(cfg)
 

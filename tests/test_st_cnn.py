@@ -44,7 +44,7 @@ def test_transformers_start_at_distinct_positions_and_parts_share_init():
     centres = {(round(t[0, 2].item(), 4), round(t[1, 2].item(), 4)) for t in theta[0]}
     assert len(centres) == 4
     first = model.parts[0].state_dict()
-    for part in list(model.parts[1:]) + [model.loc_trunk]:
+    for part in [*list(model.parts[1:]), model.loc_trunk]:
         for k, v in part.state_dict().items():
             assert torch.equal(v, first[k])
         assert part.body[0][0].weight.data_ptr() != model.parts[0].body[0][0].weight.data_ptr()
@@ -79,7 +79,7 @@ def test_cnn_has_no_localisation_group():
         ({"num_transformers": -1}, "model.num_transformers=-1"),
         ({"fixed_scale": 1.5}, "model.fixed_scale=1.5"),
         ({"fixed_scale": 0.0}, "model.fixed_scale=0.0"),
-        ({"transform": "tps"}, "model.transform='tps'"),
+        ({"transform": "spline"}, "model.transform='spline'"),
         ({"num_transformers": 2, "crop_size": 128, "image_size": 64}, "model.crop_size=128"),
         ({"backbone": "inception_v3", "image_size": 64}, "data.image_size=64"),
         ({"backbone": "small", "pretrained": True}, "model.pretrained=true"),

@@ -28,8 +28,7 @@ def cub_root(tmp_path_factory) -> Path:
 def tiny(cub_root: Path) -> list[str]:
     return [
         "data=cub", f"data.root={cub_root}", "data.num_classes=3", "data.num_workers=0",
-        "data.batch_size=4", "model.crop_size=16", "trainer=cpu", "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false",
+        "data.batch_size=4", "model.crop_size=16", "debug=tiny",
     ]  # fmt: skip
 
 

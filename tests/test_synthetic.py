@@ -1,4 +1,4 @@
-"""Synthetic CUB-layout dataset: format, determinism, geometry, caching, CLI (issue 3)."""
+"""Synthetic CUB-layout dataset: format, determinism, geometry, caching, CLI."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def test_boxes_inside_image_and_contain_visible_parts(tiny):
             w, h = im.size
             assert im.format == "JPEG" and im.mode == "RGB"
         x, y, bw, bh = index.bboxes[row].tolist()
-        assert 0 <= x and 0 <= y and bw > 0 and bh > 0
+        assert x >= 0 and y >= 0 and bw > 0 and bh > 0
         assert x + bw <= w and y + bh <= h
         # CUB-like share of the image (design: 10-60% of the area)
         assert 0.05 <= bw * bh / (w * h) <= 0.65

@@ -26,7 +26,7 @@ def test_short_cpu_run_on_tiny_synthetic_birds_beats_chance(make_cfg, tmp_path):
             "trainer.enable_progress_bar=false",
             "logger=none",
             "seed=0",
-        ],  # fmt: skip
+        ],
         data_dir=tmp_path / "data",
     )
     record = train(cfg)

@@ -12,9 +12,11 @@ import pytest
 import torch
 from conftest import compose_train
 from cub_fixture import write_tiny_cub
+from hydra.utils import instantiate
 
 from stnrepro.config import config_dir
 from stnrepro.errors import ConfigError, DataError
+from stnrepro.models.backbones import SPECS
 from stnrepro.records.reader import read_record_file
 from stnrepro.train import train
 
@@ -77,7 +79,7 @@ def test_short_cpu_run_writes_a_record_with_real_numbers(cub_root, make_cfg, n):
 
 
 def test_bad_value_fails_before_training_and_is_recorded(cub_root, make_cfg):
-    cfg = make_cfg(tiny_overrides(cub_root) + ["model.fixed_scale=1.5"])
+    cfg = make_cfg([*tiny_overrides(cub_root), "model.fixed_scale=1.5"])
     with pytest.raises(ConfigError, match=r"model\.fixed_scale=1\.5"):
         train(cfg)
     record = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
@@ -90,7 +92,25 @@ def test_bad_value_fails_before_training_and_is_recorded(cub_root, make_cfg):
 def test_every_experiment_file_composes(experiment, tmp_path):
     cfg = compose_train([f"experiment={experiment}"], tmp_path)
     assert cfg.model.crop_size > 0 and cfg.data.image_size > 0
-    assert cfg.data.name and cfg.model.backbone in ("inception_v3", "resnet50", "small")
+    assert cfg.data.name and cfg.model.backbone in SPECS
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_builds_its_optimizer_and_schedule(experiment, tmp_path):
+    """The schedule of each experiment is a whole option of model/scheduler: no key of
+    another scheduler's left over (MultiStepLR given cosine's T_max), none missing."""
+    cfg = compose_train([f"experiment={experiment}"], tmp_path)
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    optimizer = instantiate(cfg.model.optimizer)(params=params)
+    scheduler = instantiate(cfg.model.scheduler)
+    kwargs = {"total_steps": 10} if cfg.model.scheduler_interval == "step" else {}
+    assert scheduler(optimizer=optimizer, **kwargs).optimizer is optimizer
+
+
+def test_debug_tiny_shortens_any_experiment(tmp_path):
+    cfg = compose_train(["experiment=cub_4st_448", "debug=tiny"], tmp_path)
+    assert (cfg.trainer.max_epochs, cfg.trainer.accelerator, cfg.threads) == (1, "cpu", 1)
+    assert cfg.data.num_workers == 0 and cfg.model.num_transformers == 4  # the experiment's
 
 
 @pytest.mark.parametrize(
@@ -178,7 +198,7 @@ def test_short_cpu_run_writes_predictions_matching_its_test_acc(cub_root, make_c
 
     from stnrepro.records.predictions import read_predictions
 
-    cfg = make_cfg(tiny_overrides(cub_root, 2)[:-1] + ["logger=wandb"])
+    cfg = make_cfg([*tiny_overrides(cub_root, 2)[:-1], "logger=wandb"])
     record = train(cfg)
     out = Path(cfg.paths.output_dir)
     assert record["predictions"] == "predictions.csv"

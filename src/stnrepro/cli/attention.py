@@ -197,7 +197,7 @@ def show(args: argparse.Namespace) -> int:
     import torch
 
     from stnrepro.attention.metrics import datamodule_part_names
-    from stnrepro.lightning.callbacks import render_batch_figure
+    from stnrepro.lightning.callbacks import display_images, render_batch_figure
 
     if args.images < 1:
         raise UsageError(f"--images={args.images}: expected a positive integer")
@@ -218,7 +218,7 @@ def show(args: argparse.Namespace) -> int:
     if count == 0:
         raise UsageError("the test set is empty")
     batch = torch.utils.data.default_collate([test_set[i] for i in range(count)])
-    fig = render_batch_figure(model.net.to(device), batch)
+    fig = render_batch_figure(model.net.to(device), batch, display_images(datamodule))
     out = Path(args.out) if args.out else run_dir / "attention" / "test.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png")

@@ -45,6 +45,7 @@ from stnrepro.data.transforms import (
     to_normalised_tensor,
 )
 from stnrepro.errors import ConfigError, DataError
+from stnrepro.utils.config_values import check_value
 
 __all__ = [
     "CUBDataModule",
@@ -197,19 +198,12 @@ class CUBDataModule(pl.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if not 0 <= val_fraction < 1:
-            raise ConfigError(f"data.val_fraction={val_fraction}: expected 0 <= val_fraction < 1")
-        for key, value in (("num_classes", num_classes), ("image_size", image_size)):
-            if int(value) < 1:
-                raise ConfigError(f"data.{key}={value}: expected a positive integer")
-        if int(batch_size) < 1:
-            raise ConfigError(f"data.batch_size={batch_size}: expected a positive integer")
-        if eval_batch_size is not None and int(eval_batch_size) < 1:
-            raise ConfigError(
-                f"data.eval_batch_size={eval_batch_size}: expected a positive integer or null"
-            )
-        if int(num_workers) < 0:
-            raise ConfigError(f"data.num_workers={num_workers}: expected an integer >= 0")
+        for key, value in (
+            ("val_fraction", val_fraction), ("num_classes", num_classes),
+            ("image_size", image_size), ("batch_size", batch_size),
+            ("eval_batch_size", eval_batch_size), ("num_workers", num_workers),
+        ):  # fmt: skip
+            check_value(f"data.{key}", value)
         lo, hi = (float(v) for v in crop_scale)
         if not 0 < lo <= hi <= 1:
             raise ConfigError(

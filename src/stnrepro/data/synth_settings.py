@@ -58,7 +58,7 @@ class SynthSettings:
 
     @property
     def num_train_per_class(self) -> int:
-        return int(round(self.train_fraction * self.images_per_class))
+        return round(self.train_fraction * self.images_per_class)
 
     def render_spec(self) -> synth_draw.RenderSpec:
         keys = {f.name for f in fields(synth_draw.RenderSpec)}

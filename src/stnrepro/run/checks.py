@@ -1,28 +1,15 @@
 """The checks of a run's config that come before anything is read, built or started.
 
-The numeric keys are checked from one table of key -> kind and range (:data:`NUMERIC_KEYS`);
+The numeric keys are checked from the one table of key -> kind and range
+(:data:`~stnrepro.utils.config_values.NUMERIC_KEYS`, where the conventions are stated);
 :func:`validate_config` runs it with the run-level checks; :func:`check_distributed` refuses
-DDP settings that would fail once processes have started.
-
-Why a table: a value of the wrong type (``trainer.max_epochs=abc``) otherwise reaches a constructor
-or a comparison deep inside Lightning or the model and ends as a bare ``TypeError``, and a
-degenerate number (``trainer.max_epochs=0`` records an untrained run as finished; ``-1``
-trains forever) is not an error at all. :func:`check_numeric_keys` refuses both in one line,
-``key=value: expected ...``, before any data is read or model built.
-
-Conventions: an integer key takes a YAML integer only (not ``true``, not ``2.0``); a float
-key takes an integer or a finite float. A key absent from the config (``momentum`` of an
-optimizer that has none) is not checked; ``null`` is accepted only where the table says so.
-The constructors that own these values keep their own checks for direct use; this table is
-what a training run sees first.
+DDP settings that would fail once processes have started. A key absent from the config
+(``momentum`` of an optimizer that has none) is not checked.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass
-from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
@@ -31,99 +18,20 @@ from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 
 from stnrepro.errors import ConfigError
 from stnrepro.run.context import is_multirun
+from stnrepro.utils.config_values import NUMERIC_KEYS, Numeric, check_value
 
 __all__ = ["NUMERIC_KEYS", "Numeric", "check_distributed", "check_numeric_keys", "validate_config"]
 
 
-@dataclass(frozen=True)
-class Numeric:
-    """An integer or float within ``[low, high)``-style bounds (``low_open``: ``> low``)."""
-
-    kind: type  # int or float
-    low: float
-    low_open: bool = False
-    high: float | None = None  # exclusive upper bound
-    nullable: bool = False
-
-    def expected(self) -> str:
-        what = "an integer" if self.kind is int else "a float"
-        if self.high is not None:
-            left = "(" if self.low_open else "["
-            text = f"{what} in {left}{_number(self.low)}, {_number(self.high)})"
-        else:
-            text = f"{what} {'>' if self.low_open else '>='} {_number(self.low)}"
-        return text + (" or null" if self.nullable else "")
-
-    def accepts(self, value: Any) -> bool:
-        if value is None:
-            return self.nullable
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return False
-        if self.kind is int and not isinstance(value, int):
-            return False
-        if not math.isfinite(value):
-            return False
-        if value < self.low or (self.low_open and value == self.low):
-            return False
-        return self.high is None or value < self.high
-
-
-_COUNT = Numeric(int, 1)  # sizes, counts, epochs
-_INDEX = Numeric(int, 0)  # worker counts, transformer counts
-
-
-def _number(x: float) -> str:
-    """A bound as written: ``4294967296``, ``0.5`` (not ``4.29497e+09``)."""
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
-_SEED = Numeric(int, 0, high=2**32)  # what numpy and Lightning's seed_everything accept
-_RATE = Numeric(float, 0, low_open=True)
-_NONNEG = Numeric(float, 0)
-_FRACTION = Numeric(float, 0, high=1)
-
-#: Every numeric key checked up front, in the order they are checked.
-NUMERIC_KEYS: dict[str, Numeric] = {
-    "seed": _SEED,
-    "data.num_classes": _COUNT,
-    "data.image_size": _COUNT,
-    "data.batch_size": _COUNT,
-    "data.eval_batch_size": Numeric(int, 1, nullable=True),
-    "data.num_workers": _INDEX,
-    "data.split_seed": _SEED,
-    "data.val_fraction": _FRACTION,
-    "model.num_transformers": _INDEX,
-    "model.crop_size": _COUNT,
-    "model.loc_hidden": _COUNT,
-    "model.fixed_scale": Numeric(float, 0, low_open=True, nullable=True),
-    "model.init_scale": _RATE,
-    "model.dropout": _FRACTION,
-    "model.loc_lr_mult": _NONNEG,
-    "model.head_lr_mult": _NONNEG,
-    "model.label_smoothing": _FRACTION,
-    "model.optimizer.lr": _RATE,
-    "model.optimizer.momentum": _NONNEG,
-    "model.optimizer.weight_decay": _NONNEG,
-    "threads": Numeric(int, 1, nullable=True),
-    "trainer.max_epochs": _COUNT,
-    "trainer.log_every_n_steps": _COUNT,
-    "trainer.check_val_every_n_epoch": Numeric(int, 1, nullable=True),
-    "trainer.gradient_clip_val": Numeric(float, 0, nullable=True),
-}
-
 _ABSENT = object()
-
-
-def _show(value: Any) -> str:
-    return "null" if value is None else repr(value)
 
 
 def check_numeric_keys(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` ``key=value: expected ...`` for the first bad numeric key."""
-    for key, rule in NUMERIC_KEYS.items():
+    for key in NUMERIC_KEYS:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
-        if value is not _ABSENT and not rule.accepts(value):
-            raise ConfigError(f"{key}={_show(value)}: expected {rule.expected()}")
+        if value is not _ABSENT:
+            check_value(key, value)
 
 
 def validate_config(cfg: DictConfig) -> None:
