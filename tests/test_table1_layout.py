@@ -238,6 +238,13 @@ def test_fashion_table_has_no_paper_column(tmp_path: Path) -> None:
     assert claim["paper_delta"] == "" and claim["verdict"] == "confirmed"
 
 
+def test_fashion_table_columns_are_in_the_papers_order(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    for seed, distortion in enumerate(("E", "none", "RTS", "P", "R")):
+        write_digit_run(root, "CNN", distortion, seed, 20, dataset="fashion_mnist")
+    assert table_of(root).distortions == ("R", "RTS", "P", "E", "none")
+
+
 def test_all_five_files_are_written(mnist_runs: Path, tmp_path: Path) -> None:
     paths = write_table(table_of(mnist_runs), tmp_path / "out", "mnist_table")
     assert sorted(p.name for p in paths) == [

@@ -192,9 +192,10 @@ def _model_order(label: str) -> tuple[int, int, int, str]:
     )
 
 
-def _ordered(ours: set[str], paper: Sequence[str]) -> tuple[str, ...]:
-    """The paper's distortions in its order, then the others of ours alphabetically."""
-    known = [d for d in dict.fromkeys(paper)]
+def _ordered(ours: set[str], paper: Sequence[str], all_of_paper: bool) -> tuple[str, ...]:
+    """The paper's distortions in its order (all of them when ``all_of_paper``, else those
+    of ours), then the others of ours alphabetically."""
+    known = [d for d in dict.fromkeys(paper) if all_of_paper or d in ours]
     return (*known, *sorted(ours - set(known)))
 
 
@@ -258,7 +259,9 @@ def aggregate_digits(
         n_no_config += check_cell(f"{key[0]} / {key[1]}", runs)
 
     models = tuple(sorted({m for m, _ in by_cell} | {m for m, _ in paper_values}, key=_model_order))
-    distortions = _ordered({d for _, d in by_cell}, [d for _, d in paper_values])
+    # The paper's column order (R, RTS, P, E) for every dataset, compared or not.
+    paper_order = paper if paper is not None else load_paper_digits()
+    distortions = _ordered({d for _, d in by_cell}, [d for _, d in paper_order], compare)
     top = metric in ("test/acc", "test/acc_top5")
     cache: dict = {}
     cells = []
