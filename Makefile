@@ -1,10 +1,11 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   create .venv, install the locked versions, run the CPU demo sweep, print the table
-#   make test   create .venv, install the locked versions, lint, run the tests
+#   make test   create .venv, install the locked versions, lint, type-check, run the tests
 # Other targets: make lock (re-resolve requirements.lock), make demo-check (regenerate the demo
 # table into a temporary folder and diff it against results/), make table1 / table1-check (the
 # same for Table 1 on Fashion-MNIST, about an hour on 2 cores), make test-fast (the tests not
-# marked slow), make lint, make clean.
+# marked slow), make lint (ruff, then mypy on src/stnrepro as pyproject's [tool.mypy] sets it),
+# make clean.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -30,12 +31,15 @@ $(STAMP): pyproject.toml $(LOCK)
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
-# The inner loop: lint and the tests not marked slow (no subprocess sweeps, SLURM, DDP, wheel).
+# The inner loop: lint, type-check and the tests not marked slow (no subprocess sweeps,
+# SLURM, DDP, wheel).
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -m "not slow"
 
 # --- SLURM: the SLURM tests (tests/test_slurm.py) on a one-node cluster they start themselves.
@@ -47,6 +51,7 @@ test-slurm: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/mypy
 
 lock:
 	test -x $(VENV)/bin/uv || { test -x $(PY) || $(PYTHON) -m venv $(VENV); $(PY) -m pip install -q uv==$(UV_VERSION); }
@@ -87,4 +92,4 @@ table1-check: $(STAMP)
 		&& echo "table1-check: $$tmp/results/fashion_mnist_table.csv equals results/fashion_mnist_table.csv"
 
 clean:
-	rm -rf $(VENV) logs outputs multirun wandb .pytest_cache
+	rm -rf $(VENV) logs outputs multirun wandb .pytest_cache .mypy_cache

@@ -216,6 +216,17 @@ def test_metrics_without_parts_and_bad_shapes():
         metric.update(torch.zeros(1, 2, 2, 3), torch.zeros(1, 4), torch.zeros(1, 0, 3))
 
 
+def test_a_crop_reaching_outside_the_image_is_measured_clipped_to_it():
+    # Full-size crop shifted right: it spans x in [-0.5, 1.5], half a unit of it border padding.
+    # Clipped to the image it is the box x in [-0.5, 1], which is exactly the bird's box
+    # (IoU 1); the unclipped box would give 3 / 4.
+    theta = att(1.0, 0.5, 0.0)[None, None]
+    assert torch.allclose(crop_boxes(theta), torch.tensor([-0.5, -1.0, 1.5, 1.0]))
+    metric = AttentionMetrics(1, [])
+    metric.update(theta, torch.tensor([[-0.5, -1.0, 1.0, 1.0]]), torch.zeros(1, 0, 3))
+    assert float(metric.compute()["st0/iou"]) == pytest.approx(1.0)
+
+
 def test_metric_states_reduce_by_sum():
     metric = AttentionMetrics(2, PARTS)
     assert all(fx == "sum" or getattr(fx, "__name__", "") == "dim_zero_sum"

@@ -142,6 +142,12 @@ class AttentionMetrics(Metric):
 
     full_state_update = False
     higher_is_better = True
+    # The states (add_state in __init__).
+    iou_sum: Tensor
+    center_hits: Tensor
+    box_count: Tensor
+    part_hits: Tensor
+    part_count: Tensor
 
     def __init__(self, num_transformers: int, part_names: Sequence[str] = ()) -> None:
         super().__init__()

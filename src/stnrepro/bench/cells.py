@@ -27,8 +27,11 @@ experiment file enables (``trainer=gpu`` turns on bf16 and cuDNN autotuning).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar, overload
 
 from stnrepro.models.samplers import SAMPLERS
+
+T = TypeVar("T")
 
 #: cell name -> (experiment config, number of transformers, input image size).
 CELLS: dict[str, tuple[str, int, int]] = {
@@ -79,7 +82,12 @@ class Lever:
         """The full lever settings: the naive ones with this lever's on top."""
         return {**NAIVE_SETTINGS, **dict(self.settings)}
 
-    def get(self, key: str, default: str | None = None) -> str | None:
+    @overload
+    def get(self, key: str) -> str | None: ...
+    @overload
+    def get(self, key: str, default: T) -> str | T: ...
+    def get(self, key: str, default: object = None) -> object:
+        """This lever's own setting of ``key`` (a string), else ``default``."""
         return dict(self.settings).get(key, default)
 
     @property

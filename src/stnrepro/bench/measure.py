@@ -15,7 +15,7 @@ import statistics
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
@@ -24,6 +24,7 @@ from pytorch_lightning.callbacks import ThroughputMonitor
 from pytorch_lightning.loggers import Logger
 from torch.utils.benchmark import Timer
 
+from stnrepro.errors import ConfigError
 from stnrepro.lightning.module import STCNNModule
 from stnrepro.models.samplers import SAMPLERS, sample_crops
 from stnrepro.run.build import build, build_datamodule
@@ -117,6 +118,8 @@ def measure_model(
     module.configure_model()
     module.to(device).train()
     # The configured optimizer (its scheduler is moot here, and a per-step one needs a fit).
+    if module.optimizer_factory is None:  # as configure_optimizers refuses it
+        raise ConfigError("model.optimizer: missing (expected a partial, e.g. torch.optim.SGD)")
     opt = module.optimizer_factory(params=module.param_groups())
     if batch is None:
         gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -227,7 +230,8 @@ def sampler_bench(device: torch.device, tiny: bool, seed: int) -> list[dict[str,
         def fwd_bwd(name: str = name) -> None:
             th = theta.clone().requires_grad_()
             crops = sample_crops(image, th, crop, name, validate=False)
-            torch.autograd.grad(sum((c * weight).sum() for c in crops), th)
+            loss = cast(torch.Tensor, sum((c * weight).sum() for c in crops))  # N >= 1 crops
+            torch.autograd.grad(loss, th)
 
         out: dict[str, Any] = {"sampler": name, "crops": b * n, "size": f"{size}->{crop}"}
         with torch.no_grad():

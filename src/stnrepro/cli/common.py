@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from stnrepro.errors import StnreproError, exit_status, one_line
 
@@ -24,11 +25,11 @@ class UsageError(StnreproError):
 class ArgumentParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors raise :class:`UsageError` (subcommands inherit it)."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
 
 
-def command_parser(prog: str, doc: str | None, **kwargs: object) -> ArgumentParser:
+def command_parser(prog: str, doc: str | None, **kwargs: Any) -> ArgumentParser:
     """The parser of a command whose module docstring ``doc`` starts with a one-line summary
     followed by an indented block of example command lines: the summary is ``--help``'s
     description and the examples its epilog, so every command's help shows examples."""
@@ -40,7 +41,7 @@ def command_parser(prog: str, doc: str | None, **kwargs: object) -> ArgumentPars
         description=summary,
         epilog=f"examples:\n{examples}" if examples else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
 
 

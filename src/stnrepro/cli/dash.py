@@ -151,13 +151,15 @@ def _wandb_file(folder_name: str) -> str:
 
 def _tags(job: Path) -> tuple[str, ...]:
     """The run's W&B tags (``logger.tags``, else ``tags``) from its saved Hydra config."""
-    from omegaconf import OmegaConf  # deferred: only needed once runs are found
+    from omegaconf import DictConfig, OmegaConf  # deferred: only needed once runs are found
 
     config = job / ".hydra" / "config.yaml"
     if not config.is_file():
         return ()
     try:
         cfg = OmegaConf.load(config)
+        if not isinstance(cfg, DictConfig):  # a list, not a Hydra config
+            return ()
         try:
             tags = OmegaConf.select(cfg, "logger.tags", default=None)
         except Exception:  # an interpolation only the job could resolve

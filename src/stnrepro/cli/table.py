@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
+from typing import Literal
 
 from stnrepro.cli.common import UsageError, command_parser, run_command
 from stnrepro.errors import StnreproError
@@ -101,7 +102,7 @@ def _wandb_target(
     return entity, project, group
 
 
-def _wandb_mode() -> str:
+def _wandb_mode() -> Literal["online", "offline"]:
     from stnrepro.run.tracking import wandb_credentials_present  # deferred: imports Lightning
 
     if os.environ.get("WANDB_MODE") == "offline" or not wandb_credentials_present():

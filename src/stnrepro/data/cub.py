@@ -23,7 +23,7 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytorch_lightning as pl
@@ -33,7 +33,7 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from stnrepro.data.cub_index import INDEX_FILES, CUBIndex
-from stnrepro.data.sampling import SeededEpochSampler, check_seed
+from stnrepro.data.sampling import SeededEpochSampler, check_seed, fit_epoch
 from stnrepro.data.transforms import (
     DEFAULT_RATIO,
     View,
@@ -126,7 +126,11 @@ class CUBDataset(Dataset):
         return lambda w, h: sample_view(w, h, aug_seed, scale, DEFAULT_RATIO, hflip)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
-        i, aug_seed = (key, None) if np.ndim(key) == 0 else (int(key[0]), int(key[1]))
+        if np.ndim(key) == 0:
+            i, aug_seed = cast(int, key), None
+        else:  # SeededEpochSampler's (index, aug_seed)
+            pair = cast("tuple[int, int]", key)
+            i, aug_seed = int(pair[0]), int(pair[1])
         row = int(self.rows[i])
         index = self.index
         img, view = load_view(index.image_path(row), self.image_size, self._view_fn(aug_seed))
@@ -308,7 +312,7 @@ class CUBDataModule(pl.LightningDataModule):
             self.seed,
             num_replicas=trainer.world_size,
             rank=trainer.global_rank,
-            epoch=trainer.fit_loop.epoch_progress.current.processed,
+            epoch=fit_epoch(trainer),
         )
 
     def _eval_sampler(self, dataset: CUBDataset) -> Sampler | None:

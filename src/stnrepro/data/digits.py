@@ -41,7 +41,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from stnrepro.data.cub import stratified_val_split
-from stnrepro.data.sampling import SeededEpochSampler, check_seed
+from stnrepro.data.sampling import SeededEpochSampler, check_seed, fit_epoch
 from stnrepro.errors import ConfigError, DataError
 from stnrepro.utils.config_values import check_value
 from stnrepro.utils.warps import homography_from_points, homography_grid
@@ -473,11 +473,11 @@ class DigitsDataModule(pl.LightningDataModule):
         if train:
             trainer = self.trainer
             sampler = SeededEpochSampler(
-                dataset,  # type: ignore[arg-type]
+                dataset,  # type: ignore[arg-type]  # torch's Dataset declares no __len__; ours do
                 self.seed,
                 num_replicas=trainer.world_size if trainer else 1,
                 rank=trainer.global_rank if trainer else 0,
-                epoch=trainer.fit_loop.epoch_progress.current.processed if trainer else 0,
+                epoch=fit_epoch(trainer),
             )
         workers = self.num_workers
         return DataLoader(
@@ -492,7 +492,8 @@ class DigitsDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(self.train_set, self.batch_size, train=True)  # type: ignore[arg-type]
+        assert self.train_set is not None  # setup made it
+        return self._loader(self.train_set, self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup()
@@ -502,7 +503,8 @@ class DigitsDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(self.test_set, self.eval_batch_size, train=False)  # type: ignore[arg-type]
+        assert self.test_set is not None  # setup made it
+        return self._loader(self.test_set, self.eval_batch_size, train=False)
 
     def fingerprint(self) -> dict[str, Any]:
         """The run record's ``provenance.dataset``: sha256 of the four idx files as stored."""

@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
@@ -155,7 +155,7 @@ def extract_archive(archive: Path, out: Path, *, progress: bool = True) -> list[
     """
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".cub-extract-", dir=out))
-    kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    kwargs: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
     try:
         try:
             with tarfile.open(archive, "r:*") as tar:

@@ -29,25 +29,37 @@ Conventions:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sized
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch.utils.data import DistributedSampler
 
 from stnrepro.errors import ConfigError
 
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+
 #: Seeds are drawn below 2**63 so they fit torch.manual_seed and int64 tensors.
 _SEED_BOUND = 2**63
 
 
-def check_seed(key: str, value: object) -> int:
+def check_seed(key: str, value: Any) -> int:
     """``value`` as a non-negative int (what NumPy's SeedSequence accepts), else ConfigError."""
     try:
-        seed = int(value)  # type: ignore[call-overload]
+        seed = int(value)
     except (TypeError, ValueError):
         seed = -1
     if seed < 0 or seed != value:
         raise ConfigError(f"{key}={value!r}: expected an integer >= 0")
     return seed
+
+
+def fit_epoch(trainer: pl.Trainer | None) -> int:
+    """The epoch ``trainer``'s fit loop is about to run (the one being resumed); 0 without one."""
+    if trainer is None:
+        return 0
+    # Lightning types `current` as the base progress tracker; the fit loop's counts `processed`.
+    return trainer.fit_loop.epoch_progress.current.processed  # type: ignore[attr-defined]
 
 
 def item_seeds(seed: int, epoch: int, num_items: int) -> np.ndarray:
@@ -73,5 +85,6 @@ class SeededEpochSampler(DistributedSampler):
         self.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        # torch types the sampler's dataset as a Dataset, which declares no __len__.
         seeds = item_seeds(self.seed, self.epoch, len(self.dataset))  # type: ignore[arg-type]
         return iter([(int(i), int(seeds[i])) for i in super().__iter__()])

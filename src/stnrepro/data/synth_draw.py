@@ -17,6 +17,7 @@ at the origin, body length 1, y down, the bird faces +x and shows its right side
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,17 +243,22 @@ def _arc(pts: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.roll(pts, -start, 0)[np.roll(mask, -start)]
 
 
+def _rgb(values: Iterable[int]) -> RGB:
+    r, g, b = values
+    return r, g, b
+
+
 def _shade(rgb: RGB, f: float) -> RGB:
-    return tuple(int(min(255.0, max(0.0, c * f))) for c in rgb)  # type: ignore[return-value]
+    return _rgb(int(min(255.0, max(0.0, c * f))) for c in rgb)
 
 
 def _mix(a: RGB, b: RGB, w: float) -> RGB:
-    return tuple(int(x * (1.0 - w) + y * w) for x, y in zip(a, b, strict=True))  # type: ignore[return-value]
+    return _rgb(int(x * (1.0 - w) + y * w) for x, y in zip(a, b, strict=True))
 
 
 def _jitter(rgb: RGB, rng: np.random.Generator, amount: int) -> RGB:
     d = rng.integers(-amount, amount + 1, size=3)
-    return tuple(int(min(255, max(0, c + int(x)))) for c, x in zip(rgb, d, strict=True))  # type: ignore
+    return _rgb(int(min(255, max(0, c + int(x)))) for c, x in zip(rgb, d, strict=True))
 
 
 # A shape: (canonical outline points, fill colour, draw an outline?)
@@ -410,7 +416,9 @@ def _build_bird(cls: BirdClass, rng: np.random.Generator) -> _Bird:
     behind: list[Shape] = []
     front: list[Shape] = []
     # far wing peeks above the back; tail and legs sit under the body
-    behind.append((_wing_outline(-0.03, -0.13, 0.34, 0.13, wing_t - 0.05), _shade(wing, 0.85), 1))
+    behind.append(
+        (_wing_outline(-0.03, -0.13, 0.34, 0.13, wing_t - 0.05), _shade(wing, 0.85), True)
+    )
     behind.append(_tail_shape((-0.42, 0.05), cls.attr("tail"), tail_c, tail_t))
     for lx in (0.07, -0.03):
         leg = [(lx - 0.012, 0.2), (lx + 0.012, 0.2), (lx + 0.042, 0.46), (lx + 0.018, 0.46)]
@@ -445,7 +453,7 @@ def _build_bird(cls: BirdClass, rng: np.random.Generator) -> _Bird:
         "right_wing": (wx, wy),
         "tail": tuple(tail_pts.mean(0)),
     }
-    return _Bird(behind, front, parts, (0.1, 0.46))  # type: ignore[arg-type]
+    return _Bird(behind, front, parts, (0.1, 0.46))
 
 
 # --- composition -----------------------------------------------------------------------------
@@ -569,12 +577,16 @@ def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     pal = np.array([BACKGROUND_COLOURS[int(i)] for i in idx], dtype=np.int16)
     gx, gy = int(rng.integers(2, 6)), int(rng.integers(2, 5))
     cells = pal[rng.integers(k, size=(gy, gx))] + rng.integers(-16, 17, size=(gy, gx, 3))
-    field = Image.fromarray(np.clip(cells, 0, 255).astype(np.uint8)).resize((w, h), Image.BICUBIC)
+    field = Image.fromarray(np.clip(cells, 0, 255).astype(np.uint8)).resize(
+        (w, h), Image.Resampling.BICUBIC
+    )
     out = np.asarray(field, dtype=np.int16)
     for cell, amp in ((16, int(rng.integers(6, 30))), (4, int(rng.integers(3, 14)))):
         nw, nh = max(2, w // cell), max(2, h // cell)
         noise = rng.integers(-amp, amp + 1, size=(nh, nw), dtype=np.int16)
-        img = Image.fromarray((noise + 128).astype(np.uint8)).resize((w, h), Image.BILINEAR)
+        img = Image.fromarray((noise + 128).astype(np.uint8)).resize(
+            (w, h), Image.Resampling.BILINEAR
+        )
         out = out + (np.asarray(img, dtype=np.int16) - 128)[:, :, None]
     return out
 
@@ -592,9 +604,9 @@ def _clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int
         elif kind == 1:
             length = scale * _u(rng, 0.3, 1.5)
             c, s = _cs(_u(rng, -1.0, 1.0))
-            pts = [cx - c * length, cy - s * length, cx + c * length, cy + s * length]
+            ends = [cx - c * length, cy - s * length, cx + c * length, cy + s * length]
             colour = _jitter(BARK_COLOURS[int(rng.integers(len(BARK_COLOURS)))], rng, 16)
-            draw.line(pts, fill=colour, width=max(1, int(scale * _u(rng, 0.02, 0.08))))
+            draw.line(ends, fill=colour, width=max(1, int(scale * _u(rng, 0.02, 0.08))))
         else:
             a = scale * _u(rng, 0.1, 0.5)
             pts = _ellipse(cx, cy, a, a * _u(rng, 0.5, 1.0), _u(rng, -1.0, 1.0))
@@ -657,7 +669,7 @@ def render(
     radius = _u(rng, -0.5, 2.5)
     if radius > 0.2:
         base = base.filter(ImageFilter.GaussianBlur(radius))
-    big = base.resize((w * ss, h * ss), Image.NEAREST) if ss > 1 else base
+    big = base.resize((w * ss, h * ss), Image.Resampling.NEAREST) if ss > 1 else base
     canvas = _Canvas(big, ss)
     ow = max(1, int(outline * ss))
     for _ in range(n_distract - n_blurred):

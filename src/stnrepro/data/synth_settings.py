@@ -111,8 +111,8 @@ def make_settings(preset: str, gen_seed: int = 0, **values: Any) -> SynthSetting
             f"data.{missing[0]}: missing (expected a value; the synthetic data configs "
             "conf/data/synth_birds*.yaml set every generator setting)"
         )
-    ints = ("num_classes", "images_per_class", "image_width", "image_height", "genus_size")
-    ints += ("extra_test_per_class",)
+    ints: tuple[str, ...] = ("num_classes", "images_per_class", "image_width", "image_height")
+    ints += ("genus_size", "extra_test_per_class")
     for key in (*ints, "jpeg_quality", "supersample"):
         if key in values:
             values[key] = as_int(key, values[key])

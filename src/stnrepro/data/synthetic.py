@@ -49,7 +49,7 @@ import uuid
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from filelock import FileLock
@@ -147,7 +147,7 @@ def _readme(settings: SynthSettings, classes: list[synth_draw.BirdClass]) -> str
 def _chunks(
     settings: SynthSettings, classes: list[synth_draw.BirdClass], rel_paths: list[list[str]]
 ) -> list[list[tuple[synth_draw.BirdClass, int, str]]]:
-    out = []
+    out: list[list[tuple[synth_draw.BirdClass, int, str]]] = []
     for cls, rels in zip(classes, rel_paths, strict=True):
         jobs = [(cls, k, "images/" + rel) for k, rel in enumerate(rels)]
         out.extend(jobs[i : i + CHUNK] for i in range(0, len(jobs), CHUNK))
@@ -224,7 +224,7 @@ def _render_all(
                     for f in futures:
                         f.cancel()
                     raise
-    return results  # type: ignore[return-value]
+    return cast("list[list[ImageRecord]]", results)  # every chunk ran, or we raised above
 
 
 def _split(settings: SynthSettings, cls: int) -> np.ndarray:

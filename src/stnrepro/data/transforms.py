@@ -86,7 +86,7 @@ def map_points(xy: np.ndarray, view: View) -> np.ndarray:
     return np.stack([x, y], axis=-1)
 
 
-def map_box(bbox_xywh: np.ndarray, view: View) -> np.ndarray:
+def map_box(bbox_xywh: np.ndarray | None, view: View) -> np.ndarray:
     """Map a pixel box ``x, y, w, h`` to normalised ``x0, y0, x1, y1`` clipped to [-1, 1].
 
     A flip mirrors x, which swaps the roles of the left and right edges.  A box that falls

@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import default_collate
 
 from stnrepro.attention.figures import render_attention_figure
+from stnrepro.models.st_cnn import STCNN
 from stnrepro.utils.imagenet import denormalize
 
 log = logging.getLogger("stnrepro")
@@ -28,7 +29,7 @@ def display_images(datamodule: object) -> Callable[[Tensor], Tensor]:
 
 
 def render_batch_figure(
-    net: torch.nn.Module,
+    net: STCNN,
     batch: dict[str, Tensor],
     undo_normalisation: Callable[[Tensor], Tensor] = denormalize,
 ) -> Figure:
@@ -42,6 +43,7 @@ def render_batch_figure(
     images = batch["image"].to(device)
     with torch.no_grad():
         warp = net.localise(images)
+        assert net.transformer is not None  # localise raises for the baseline CNN
         crops = net.crops(images, warp)
         outlines = net.transformer.outline(warp)
     bbox = batch.get("bbox")
@@ -121,7 +123,7 @@ class AttentionFigureCallback(pl.Callback):
     def render(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> Path | None:
         """Render, save and log the figure for ``epoch`` once; returns the PNG path or None."""
         net = getattr(pl_module, "net", None)
-        if not getattr(net, "num_transformers", 0) or not trainer.is_global_zero:
+        if net is None or not getattr(net, "num_transformers", 0) or not trainer.is_global_zero:
             return None
         if epoch in self._rendered:
             return None

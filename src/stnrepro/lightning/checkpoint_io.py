@@ -35,7 +35,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
     ) -> None:
         if storage_options is not None or get_protocol(str(path)) != "file":
-            super().save_checkpoint(checkpoint, path, storage_options)
+            super().save_checkpoint(checkpoint, os.fspath(path), storage_options)
             return
         target = Path(path)
         # Serialised in memory first (as Lightning does): a write error is then the OSError

@@ -63,4 +63,5 @@ class CSVLogger(LightningCSVLogger):
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _ResumableWriter(log_dir=self.log_dir)
+        assert isinstance(self._experiment, _ResumableWriter)  # only this property sets it
         return self._experiment

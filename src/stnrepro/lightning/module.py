@@ -73,6 +73,10 @@ class ThetaStats(Metric):
     """
 
     full_state_update = False
+    # The states (add_state in __init__).
+    total: Tensor
+    total_sq: Tensor
+    count: Tensor
 
     def __init__(self, num_transformers: int) -> None:
         super().__init__()
@@ -155,7 +159,7 @@ class STCNNModule(pl.LightningModule):
         num_transformers = self.net.num_transformers
         top_k = [1] + ([5] if num_classes > 5 else [])
         for stage in STAGES:  # attributes train_metrics, val_metrics, test_metrics
-            accuracy = {
+            accuracy: dict[str, Metric | MetricCollection] = {
                 ("acc" if k == 1 else f"acc_top{k}"): MulticlassAccuracy(
                     num_classes, top_k=k, average="micro"
                 )
@@ -183,7 +187,7 @@ class STCNNModule(pl.LightningModule):
             self.to(memory_format=torch.channels_last)
         mode = self.hparams.get("compile")
         if mode is not None:
-            kwargs: dict[str, Any] = {"backend": self.hparams.compile_backend, "dynamic": False}
+            kwargs: dict[str, Any] = {"backend": self.hparams["compile_backend"], "dynamic": False}
             if mode != "default":
                 kwargs["mode"] = mode
             trunks = [self.net.loc_trunk] if self.net.loc_trunk is not None else []
@@ -202,7 +206,7 @@ class STCNNModule(pl.LightningModule):
     def _step(self, batch: dict[str, Tensor], stage: str) -> tuple[Tensor, Tensor | None]:
         out = self.net(batch["image"])
         loss = F.cross_entropy(
-            out.logits, batch["label"], label_smoothing=self.hparams.label_smoothing
+            out.logits, batch["label"], label_smoothing=self.hparams["label_smoothing"]
         )
         batch_size = batch["label"].shape[0]
         on_step = stage == "train"
@@ -331,9 +335,12 @@ class STCNNModule(pl.LightningModule):
             return
         rows = torch.cat(outputs)
         if self.trainer.world_size > 1:
-            most = int(self.all_gather(torch.tensor(rows.shape[0], device=rows.device)).max())
-            pad = rows.new_full((most - rows.shape[0], rows.shape[1]), -1)
-            rows = self.all_gather(torch.cat([rows, pad])).reshape(-1, rows.shape[1])
+            counts = self.all_gather(torch.tensor(rows.shape[0], device=rows.device))
+            assert isinstance(counts, Tensor)  # a tensor gathers to a tensor
+            pad = rows.new_full((int(counts.max()) - rows.shape[0], rows.shape[1]), -1)
+            gathered = self.all_gather(torch.cat([rows, pad]))
+            assert isinstance(gathered, Tensor)
+            rows = gathered.reshape(-1, rows.shape[1])
             rows = rows[rows[:, 0] >= 0]
         table = rows.cpu().numpy()
         _, first = np.unique(table[:, 0], return_index=True)
@@ -365,11 +372,11 @@ class STCNNModule(pl.LightningModule):
         parts = [p for p in self.net.parameters() if id(p) not in taken]
         groups = [
             {"name": "parts", "params": parts, "lr": base_lr},
-            {"name": "classifier", "params": head, "lr": base_lr * self.hparams.head_lr_mult},
+            {"name": "classifier", "params": head, "lr": base_lr * self.hparams["head_lr_mult"]},
         ]
         if loc:
             groups.append(
-                {"name": "localisation", "params": loc, "lr": base_lr * self.hparams.loc_lr_mult}
+                {"name": "localisation", "params": loc, "lr": base_lr * self.hparams["loc_lr_mult"]}
             )
         return groups
 

@@ -19,6 +19,12 @@ import pytorch_lightning as pl
 import torch
 
 
+def _numpy_legacy_state() -> tuple:
+    state = np.random.get_state(legacy=True)
+    assert isinstance(state, tuple)  # the global generator is MT19937: its legacy state
+    return state
+
+
 def _numpy_state_to_plain(state: tuple) -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = state
     return {
@@ -42,7 +48,7 @@ class RNGStateCallback(pl.Callback):
         state: dict[str, Any] = {
             "python": random.getstate(),
             # Plain types only: Lightning loads checkpoints with torch.load(weights_only=True).
-            "numpy": _numpy_state_to_plain(np.random.get_state()),
+            "numpy": _numpy_state_to_plain(_numpy_legacy_state()),
             "torch": torch.get_rng_state(),
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():

@@ -260,7 +260,7 @@ class _RoIAlignCrops(torch.autograd.Function):
     """roi_align forward; exact image and theta gradients (see module docstring)."""
 
     @staticmethod
-    def forward(ctx, image: Tensor, theta: Tensor, size: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx, image: Tensor, theta: Tensor, size: int) -> Tensor:
         image = image.to(_work_dtype(image)).contiguous()
         rois = crop_rois(theta.to(image.dtype), image.shape[-2], image.shape[-1])
         ctx.save_for_backward(image, theta, rois)
@@ -268,7 +268,7 @@ class _RoIAlignCrops(torch.autograd.Function):
         return roi_align(image, rois, size, spatial_scale=1.0, sampling_ratio=1, aligned=True)
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor):
         image, theta, rois = ctx.saved_tensors
         size: int = ctx.size
         b, c, h, w = image.shape

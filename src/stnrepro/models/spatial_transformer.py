@@ -130,6 +130,11 @@ class SpatialTransformer(nn.Module):
     tensors (B, C', S, S).
     """
 
+    # Buffers of the TPS transform, registered in __init__ only when transform == "tps".
+    control: Tensor
+    grid_matrix: Tensor
+    outline_matrix: Tensor
+
     def __init__(
         self,
         in_channels: int,

@@ -22,7 +22,7 @@ at 224 px, as in the paper. The localisation network is ``localisation``:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -36,7 +36,7 @@ from stnrepro.models.backbones import (
     output_shape,
 )
 from stnrepro.models.samplers import check_sampler
-from stnrepro.models.spatial_transformer import SpatialTransformer, check_transform
+from stnrepro.models.spatial_transformer import SpatialTransformer, Transform, check_transform
 from stnrepro.utils.config_values import check_value
 
 #: ``model.localisation`` values (see the module docstring).
@@ -161,7 +161,7 @@ class STCNN(nn.Module):
                 (loc_shape[1], loc_shape[2]),
                 num_transformers,
                 crop_size,
-                transform=transform,  # type: ignore[arg-type]
+                transform=cast(Transform, transform),  # checked by validate_model_args
                 fixed_scale=fixed_scale,
                 init_scale=init_scale,
                 scale_bounds=scale_bounds,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -94,7 +94,8 @@ def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 def run_definition(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as ``{dotted.key: value}``, minus :data:`NOT_RUN_DEFINING`."""
-    return definition_of(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
+    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    return definition_of(cast("dict[str, Any]", container))  # a DictConfig's: str keys
 
 
 def definition_of(config: Mapping[str, Any]) -> dict[str, Any]:

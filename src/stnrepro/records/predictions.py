@@ -135,5 +135,5 @@ def read_predictions(path: str | Path, data: bytes | None = None) -> Predictions
         values.append(ints)
     if not values:
         raise DataError(f"{path}: no predictions: expected rows after the header")
-    table = np.array(values, dtype=np.int64)
-    return Predictions(*(table[:, i] for i in range(len(COLUMNS))), source=str(path))
+    image_id, label, pred, correct, top5 = np.array(values, dtype=np.int64).T
+    return Predictions(image_id, label, pred, correct, top5, source=str(path))

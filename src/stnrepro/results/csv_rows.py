@@ -12,15 +12,22 @@ from stnrepro.results import digits_layout
 from stnrepro.results.aggregate import attention_lines
 from stnrepro.results.digits import DigitTable
 from stnrepro.results.environment import describe
-from stnrepro.results.model import ATTENTION_METRICS, AttentionLine, Claim, TableData, TableRow
+from stnrepro.results.model import (
+    ATTENTION_METRICS,
+    AttentionLine,
+    CellStats,
+    Claim,
+    TableData,
+    TableRow,
+)
 
 CsvValue = str | int | float | None
 _Get = Callable[[TableData, TableRow], CsvValue]
 
 
-def _stat(get: Callable[[TableRow], CsvValue]) -> _Get:
+def _stat(get: Callable[[TableRow, CellStats], CsvValue]) -> _Get:
     """A CSV field of the row's stats (empty for prior work, which has none)."""
-    return lambda table, row: None if row.stats is None else get(row)
+    return lambda table, row: None if row.stats is None else get(row, row.stats)
 
 
 # The CSV columns, in order (docs/table.md documents them); floats are written with 4 decimals.
@@ -31,18 +38,18 @@ CSV_FIELDS: tuple[tuple[str, _Get], ...] = (
     ("paper_image_size", lambda t, r: r.paper_image_size),
     ("num_transformers", lambda t, r: r.num_transformers),
     ("paper_top1", lambda t, r: r.paper_value),
-    ("ours_mean", _stat(lambda r: r.stats.mean)),
-    ("ours_std", _stat(lambda r: r.stats.std)),
-    ("n", _stat(lambda r: r.stats.n)),
-    ("failed", _stat(lambda r: r.stats.failed)),
-    ("unfinished", _stat(lambda r: r.stats.unfinished)),
-    ("duplicates", _stat(lambda r: r.stats.duplicates)),
+    ("ours_mean", _stat(lambda r, s: s.mean)),
+    ("ours_std", _stat(lambda r, s: s.std)),
+    ("n", _stat(lambda r, s: s.n)),
+    ("failed", _stat(lambda r, s: s.failed)),
+    ("unfinished", _stat(lambda r, s: s.unfinished)),
+    ("duplicates", _stat(lambda r, s: s.duplicates)),
     ("delta", lambda t, r: t.delta(r)),
     # The environments of the row's used runs (" | " between several), and what differs.
-    ("environment", _stat(lambda r: " | ".join(sorted({describe(x) for x in r.stats.runs})))),
-    ("environment_differs", _stat(lambda r: "; ".join(r.env_differs))),
-    ("ci_lo", _stat(lambda r: r.stats.interval[0] if r.stats.interval else None)),
-    ("ci_hi", _stat(lambda r: r.stats.interval[1] if r.stats.interval else None)),
+    ("environment", _stat(lambda r, s: " | ".join(sorted({describe(x) for x in s.runs})))),
+    ("environment_differs", _stat(lambda r, s: "; ".join(r.env_differs))),
+    ("ci_lo", _stat(lambda r, s: s.interval[0] if s.interval else None)),
+    ("ci_hi", _stat(lambda r, s: s.interval[1] if s.interval else None)),
 )
 CSV_COLUMNS = tuple(name for name, _ in CSV_FIELDS)
 _ATTENTION_PARTS = ("mean", "std", "n")
@@ -79,8 +86,8 @@ def csv_rows(
         if with_attention:
             lines = by_row.get(id(row), {})
             for i in range(table.max_transformers):
-                line = lines.get(i)
-                for stats in line.stats if line else (None,) * len(ATTENTION_METRICS):
+                att = lines.get(i)
+                for stats in att.stats if att else (None,) * len(ATTENTION_METRICS):
                     values += (None,) * 3 if stats is None else (stats.mean, stats.std, stats.n)
         rows.append(values)
     return header, rows

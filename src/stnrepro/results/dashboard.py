@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from stnrepro.records.reader import TABLE_JOB_TYPE as JOB_TYPE
 from stnrepro.results.csv_rows import claims_csv_rows, csv_rows
@@ -27,7 +28,7 @@ def log_table(
     project: str,
     entity: str | None,
     group: str | None,
-    mode: str,
+    mode: Literal["online", "offline", "disabled"],
     save_dir: str | os.PathLike[str],
 ) -> str:
     """Log ``table`` and its written files ``paths`` as one W&B run; returns the run's dir."""
@@ -40,7 +41,7 @@ def log_table(
         job_type=JOB_TYPE,
         name=name,
         dir=str(save_dir),
-        mode=mode,  # type: ignore[arg-type]
+        mode=mode,
         config={"metric": table.metric, "dataset": table.dataset, "backbone": table.backbone},
     )
     try:

@@ -26,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
+from operator import attrgetter
 
 from stnrepro.records.schema import DIGIT_BACKBONES, TRANSFORM_LABELS, RunRecord
 from stnrepro.results.aggregate import aggregate, cell_stats, describe_values, is_accuracy
@@ -273,7 +274,8 @@ def aggregate_digits(
                 first.image_size if first else 0, first.num_transformers if first else 0,
                 runs, metric, error,
             )  # fmt: skip
-            interval, missing = None, ()
+            interval: tuple[float, float] | None = None
+            missing: tuple[str, ...] = ()
             if top and s.runs:
                 found, missing = predictions_of(s.runs, cache)
                 if found:
@@ -321,7 +323,7 @@ def aggregate_digits(
     )
     if metric != CLAIMS_METRIC:
         return table
-    baselines = {m: b for m in models if (b := _baseline(m)) is not None}
+    baselines = {m: base for m in models if (base := _baseline(m)) is not None}
     claims = [
         digit_claim(d, a, b, cache)
         for d in distortions
@@ -400,7 +402,7 @@ def _filtered(
             continue
         kept = [r for r in picked if getattr(r.cell, flag) == value]
         if not kept:
-            found = describe_values(picked, lambda r, f=flag: getattr(r.cell, f))
+            found = describe_values(picked, attrgetter(f"cell.{flag}"))
             raise TableError(f"no runs with {flag}={show(value)} (found {found})")
         picked = kept
     return picked

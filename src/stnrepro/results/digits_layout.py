@@ -76,9 +76,9 @@ def header_lines(table: DigitTable) -> list[str]:
         models = [m for m in table.models if all(c.model != m for c in in_paper)]
         columns = [d for d in table.distortions if all(c.distortion != d for c in in_paper)]
         if models or columns:
-            what = [f"models {', '.join(models)}"] if models else []
-            what += [f"distortions {', '.join(columns)}"] if columns else []
-            lines.append(f"Not in the paper's Table 1: {'; '.join(what)}")
+            absent = [f"models {', '.join(models)}"] if models else []
+            absent += [f"distortions {', '.join(columns)}"] if columns else []
+            lines.append(f"Not in the paper's Table 1: {'; '.join(absent)}")
     lines.append(
         f"Runs: {table.n_used} used; excluded: {table.n_failed} failed, "
         f"{table.n_unfinished} unfinished; "

@@ -50,6 +50,7 @@ def _plot_cells(ax: Any, table: DigitTable) -> None:
             if cell.values:
                 ax.scatter([at] * cell.n, cell.values, s=10, color=colour, zorder=3)
                 mean = cell.mean
+                assert mean is not None  # the cell has values
                 lo, hi = cell.interval if cell.interval is not None else (mean, mean)
                 if cell.interval is None and cell.std is not None:
                     lo, hi = mean - cell.std, mean + cell.std

@@ -16,13 +16,13 @@ import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from stnrepro.errors import ConfigError, StnreproError, one_line
 
 
-def build(node: DictConfig, key: str | None = None, **kwargs: Any) -> Any:
+def build(node: DictConfig | ListConfig | list[Any], key: str | None = None, **kwargs: Any) -> Any:
     """``instantiate(node, **kwargs)``, with bad config values as the project's one-line errors.
 
     Every object a run makes from its config (data, model, logger, callbacks, trainer) is made
@@ -49,7 +49,9 @@ def build(node: DictConfig, key: str | None = None, **kwargs: Any) -> Any:
         raise
 
 
-def _constructor_error(node: DictConfig, key: str, cause: BaseException) -> ConfigError:
+def _constructor_error(
+    node: DictConfig | ListConfig | list[Any], key: str, cause: BaseException
+) -> ConfigError:
     """One line ``key.arg=value: <the library's message>`` for a constructor's refusal.
 
     The argument is the config key of ``node`` the message mentions first (Lightning names
@@ -57,13 +59,15 @@ def _constructor_error(node: DictConfig, key: str, cause: BaseException) -> Conf
     names ``key`` alone. A GPU trainer on a machine without one gets its own message, since
     Lightning's ("No supported gpu backend found!") names neither the key nor the fix.
     """
+    message = one_line(cause)
+    if not isinstance(node, DictConfig):  # a list of targets (trainer.plugins): no argument
+        return ConfigError(f"{key}: {message}")
     accelerator = node.get("accelerator") if key == "trainer" else None
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         return ConfigError(
             f"trainer.accelerator={accelerator}: no GPU is available on this machine; "
             "use trainer=cpu"
         )
-    message = one_line(cause)
     mentioned = []
     for name in node:
         name = str(name)

@@ -21,7 +21,8 @@ def is_rank_zero() -> bool:
     read from the environment (``RANK``, ``LOCAL_RANK``, ``SLURM_PROCID``) when Lightning is
     imported, so it is right before the Trainer exists, and the DDP strategy updates it.
     """
-    return rank_zero_only.rank == 0
+    # Lightning sets `rank` on the function at import; its overloaded signature does not say so.
+    return rank_zero_only.rank == 0  # type: ignore[attr-defined]
 
 
 def is_multirun() -> bool:

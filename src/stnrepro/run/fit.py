@@ -15,7 +15,7 @@ import signal
 import threading
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
@@ -114,7 +114,8 @@ def _attempt(
         datamodule = build_datamodule(cfg)
         logger = build_logger(cfg, output_dir, record.data["run_name"])
         if logger is not None:
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            hparams = OmegaConf.to_container(cfg, resolve=True)
+            logger.log_hyperparams(cast("dict[str, Any]", hparams))  # a DictConfig's: str keys
             record.data["logger"] = {
                 "name": type(logger).__name__.removesuffix("Logger").lower(),
                 "run_id": str(logger.version) if logger.version is not None else None,

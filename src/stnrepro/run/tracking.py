@@ -111,7 +111,9 @@ def _start_run(logger: Logger) -> None:
     deadline = time.monotonic() + RUN_ID_WAIT_S
     while True:
         try:
-            logger.experiment  # noqa: B018 - creates the run (rank 0; a stand-in elsewhere)
+            # Creates the run (rank 0; a stand-in elsewhere). Lightning's Logger base class
+            # declares no `experiment`; every concrete logger has one.
+            logger.experiment  # type: ignore[attr-defined]  # noqa: B018
             return
         except Exception as exc:
             if "is in use" in str(exc) and time.monotonic() <= deadline:
@@ -133,7 +135,9 @@ WANDB_SUMMARIES = {"val/acc": "max", "test/acc": "last", "test/acc_top5": "last"
 
 def define_summaries(logger: Logger) -> None:
     """Make W&B's run table show ``WANDB_SUMMARIES`` (not just each key's last value)."""
-    experiment = logger.experiment  # a no-op stand-in on ranks other than 0
+    # A no-op stand-in on ranks other than 0. (Lightning's Logger base class declares no
+    # `experiment`; every concrete logger has one.)
+    experiment = logger.experiment  # type: ignore[attr-defined]
     for key, summary in WANDB_SUMMARIES.items():
         experiment.define_metric(key, summary=summary)
 
@@ -166,7 +170,7 @@ def log_artifact(logger: Logger | None, path: Path, kind: str) -> None:
         return
     import wandb
 
-    run = logger.experiment
+    run = logger.experiment  # type: ignore[attr-defined]  # a WandbLogger's: see above
     artifact = wandb.Artifact(f"{kind}-{run.id}", type=kind)
     artifact.add_file(str(path))
     run.log_artifact(artifact)

@@ -30,9 +30,11 @@ __all__ = [
 ]
 
 
-def pixel_centres(size: int, dtype: torch.dtype = torch.float32, device: object = None) -> Tensor:
+def pixel_centres(
+    size: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+) -> Tensor:
     """Output pixel centres (S*S, 2) as (x, y), row by row (y outer), in the frame above."""
-    k = torch.arange(size, dtype=dtype, device=device)  # type: ignore[arg-type]
+    k = torch.arange(size, dtype=dtype, device=device)
     u = (2 * k + 1) / size - 1
     yy, xx = torch.meshgrid(u, u, indexing="ij")
     return torch.stack([xx, yy], -1).reshape(-1, 2)
