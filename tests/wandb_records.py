@@ -19,15 +19,21 @@ _CHUNK_HEADER = 7
 
 
 def read_records(path: Path, wait_s: float = 0.0) -> list[wandb_internal_pb2.Record]:
-    """The file's records; with ``wait_s``, wait that long at most for the first ones.
+    """The file's whole records; with ``wait_s``, wait that long at most for the run's
+    ``exit`` record (the last one a finished run writes).
 
     W&B's service process writes the file; ``run.finish()`` can return before its buffer
-    reaches the disk, so a reader right after it may see only the header.
+    reaches the disk, so a reader right after it may see only the header, or the file cut
+    in the middle of a record (which is left out, not parsed).
     """
     deadline = time.monotonic() + wait_s
-    while not (records := _read(path)) and time.monotonic() < deadline:
+    while not _has_exit(records := _read(path)) and time.monotonic() < deadline:
         time.sleep(0.1)
     return records
+
+
+def _has_exit(records: list[wandb_internal_pb2.Record]) -> bool:
+    return any(r.WhichOneof("record_type") == "exit" for r in records)
 
 
 def _read(path: Path) -> list[wandb_internal_pb2.Record]:
@@ -43,6 +49,8 @@ def _read(path: Path) -> list[wandb_internal_pb2.Record]:
         if kind == 0 and length == 0:  # zero padding to the end of the block
             pos += left
             continue
+        if pos + _CHUNK_HEADER + length > len(data):  # still being written
+            break
         chunk = data[pos + _CHUNK_HEADER : pos + _CHUNK_HEADER + length]
         pos += _CHUNK_HEADER + length
         pending = chunk if kind in (1, 2) else pending + chunk
