@@ -26,8 +26,8 @@ from stnrepro.results.layout import (
     Range,
     RowGroup,
     Section,
-    Signed,
     Value,
+    claim_cells,
     tex_escape,
 )
 from stnrepro.results.model import plural
@@ -212,25 +212,6 @@ def claims_notes(table: DigitTable) -> list[str]:
             f"Left out of the paired statistics (no predictions.csv): {', '.join(missing)}"
         )
     return lines
-
-
-def claim_cells(claim: DigitClaim) -> tuple[Value, ...]:
-    def number(value: float | None) -> MeanStd | None:
-        return None if value is None else MeanStd(value, None, 1)
-
-    def signed(value: float | None) -> Signed | None:
-        return None if value is None else Signed(value)
-
-    ci = None if claim.lo is None or claim.hi is None else Range(claim.lo, claim.hi, 1, True)
-    return (
-        claim.label,
-        signed(claim.paper_delta),
-        number(claim.paper_resolution),
-        signed(claim.delta),
-        ci,
-        claim.verdict,
-        number(claim.resolution),
-    )
 
 
 def claims_section(table: DigitTable) -> Section:

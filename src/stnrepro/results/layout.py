@@ -14,6 +14,7 @@ import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from stnrepro.results.aggregate import attention_lines, attention_prefix
 from stnrepro.results.agreement import no_config_note
@@ -30,6 +31,9 @@ from stnrepro.results.model import (
     show,
 )
 from stnrepro.results.stats import CUB_TEST_IMAGES, paper_resolution_pp
+
+if TYPE_CHECKING:
+    from stnrepro.results.digits import DigitClaim
 
 # Marks a row whose runs come from different environments (a header note says how).
 DIFFERS_MARK = "†"
@@ -312,7 +316,10 @@ def claims_columns() -> tuple[Column, ...]:
     )
 
 
-def claim_cells(claim: Claim) -> tuple[Value, ...]:
+def claim_cells(claim: Claim | DigitClaim) -> tuple[Value, ...]:
+    """A claims-table line: label, paper Δ and resolution, ours Δ, interval, verdict,
+    resolution (the bird and the digit tables alike)."""
+
     def number(value: float | None) -> MeanStd | None:
         return None if value is None else MeanStd(value, None, 1)
 
