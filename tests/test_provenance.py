@@ -86,8 +86,8 @@ def test_threads_null_keeps_torchs_default(torch_threads):
     assert os.environ["OMP_NUM_THREADS"] == "1"  # else Lightning's DDP launcher resets it
 
 
-def test_demo_fixes_two_threads(make_cfg):
-    assert make_cfg(["experiment=demo_table"]).threads == 2
+def test_demo_fixes_one_thread_per_job(make_cfg):
+    assert make_cfg(["experiment=demo_table"]).threads == 1
     assert make_cfg([]).threads is None
 
 
