@@ -168,10 +168,20 @@ def test_resumed_run_continues_its_csv_history(cub_root, make_cfg, monkeypatch):
     assert any(r["test/acc"] for r in rows)
 
 
+def _hear_ctrl_c() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args: list[str]) -> subprocess.Popen:
+    """``stn-train`` as a child that hears Ctrl-C even when this test process does not.
+
+    A command a non-interactive shell starts with ``&`` (a CI script run in the background)
+    inherits SIGINT ignored, and so would the child; Python then installs no KeyboardInterrupt
+    handler and the run trains on through the test's SIGINT.
+    """
     return subprocess.Popen(
         [sys.executable, "-m", "stnrepro.train", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=_hear_ctrl_c,
     )  # fmt: skip
 
 
