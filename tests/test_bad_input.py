@@ -1,4 +1,9 @@
-"""Bad input through the real CLI: one clear line naming the key/file/value, exit 2."""
+"""Bad input through the real CLI: one clear line naming the key/file/value, exit 2.
+
+One test runs ``stn-train`` as a process (the exit status and stderr a shell sees); the
+others run the same entry point in this process (the ``stn_train`` fixture), which is
+seconds faster and checks the same line and status.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +11,26 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from cub_fixture import write_tiny_cub
 
-
-def cli(args: list[str], tmp_path: Path, mode: list[str] = ()) -> subprocess.CompletedProcess:
-    env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    return subprocess.run(
-        [sys.executable, "-m", "stnrepro.train", *mode, f"hydra.run.dir={tmp_path}/run",
-         "logger=none", "trainer=cpu", "trainer.max_epochs=1",
-         "trainer.enable_progress_bar=false", *args],
-        capture_output=True, text=True, timeout=300, env=env,
-    )  # fmt: skip
+ARGS = ["logger=none", "trainer=cpu", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
 
 
-def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+@pytest.fixture
+def cli(stn_train):
+    """``cli(args, tmp_path, mode)``: stn-train [mode] with outputs in tmp_path/run."""
+
+    def _cli(args: list[str], tmp_path: Path, mode: Sequence[str] = ()):
+        return stn_train([*mode, f"hydra.run.dir={tmp_path}/run", *ARGS, *args])
+
+    return _cli
+
+
+def error_lines(proc) -> list[str]:
     return [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
 
 
@@ -33,14 +41,19 @@ def cub(tmp_path) -> list[str]:
             "data.batch_size=4", "model.crop_size=16", "model.num_transformers=2"]  # fmt: skip
 
 
-def test_wrong_data_root(tmp_path):
-    proc = cli(["data=cub", f"data.root={tmp_path}/missing"], tmp_path)
+def test_wrong_data_root_through_the_console_script(tmp_path):
+    env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "stn-train"), f"hydra.run.dir={tmp_path}/run",
+         *ARGS, "data=cub", f"data.root={tmp_path}/missing"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
     assert proc.returncode == 2
     [line] = error_lines(proc)
     assert f"{tmp_path}/missing" in line and "Traceback" not in proc.stderr
 
 
-def test_truncated_image_found_by_a_worker_names_the_file(cub, tmp_path):
+def test_truncated_image_found_by_a_worker_names_the_file(cub, tmp_path, cli):
     image = sorted((tmp_path / "CUB_200_2011" / "images").rglob("*.jpg"))[0]
     image.write_bytes(image.read_bytes()[:200])
     proc = cli([*cub, "data.num_workers=1", "data.val_fraction=0"], tmp_path)
@@ -51,14 +64,14 @@ def test_truncated_image_found_by_a_worker_names_the_file(cub, tmp_path):
     assert record["status"] == "failed" and str(image) in record["error"]
 
 
-def test_num_classes_that_does_not_match_the_dataset(cub, tmp_path):
+def test_num_classes_that_does_not_match_the_dataset(cub, tmp_path, cli):
     proc = cli([*cub, "data.num_classes=5"], tmp_path)
     assert proc.returncode == 2
     [line] = error_lines(proc)
     assert "data.num_classes=5" in line and "classes.txt" in line
 
 
-def test_unknown_dataset_is_refused_by_hydra_naming_it(tmp_path):
+def test_unknown_dataset_is_refused_by_hydra_naming_it(tmp_path, cli):
     proc = cli(["data=imagenet"], tmp_path)
     assert proc.returncode != 0
     assert "Could not find 'data/imagenet'" in proc.stderr
@@ -66,7 +79,7 @@ def test_unknown_dataset_is_refused_by_hydra_naming_it(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["run", "sweep"])
-def test_an_output_folder_that_is_a_file_is_one_line(tmp_path, mode):
+def test_an_output_folder_that_is_a_file_is_one_line(tmp_path, mode, cli):
     taken = tmp_path / "taken"
     taken.write_text("not a folder")
     key, args = ("hydra.run.dir", []) if mode == "run" else ("hydra.sweep.dir", ["seed=0,1"])
@@ -105,7 +118,7 @@ def test_check_data_lists_every_bad_image(tmp_path, capsys):
     assert stn_data(["check", str(tmp_path / "nope")]) == 2
 
 
-def test_divergence_stops_the_run_with_a_clear_failed_record(cub, tmp_path):
+def test_divergence_stops_the_run_with_a_clear_failed_record(cub, tmp_path, cli):
     proc = cli(
         [*cub, "data.num_workers=0", "model.optimizer.lr=1e38", "trainer.max_epochs=5"], tmp_path
     )
@@ -123,14 +136,14 @@ def test_divergence_stops_the_run_with_a_clear_failed_record(cub, tmp_path):
         ("trainer.max_epochs=0", "error: trainer.max_epochs=0: expected an integer >= 1"),
     ],
 )
-def test_bad_numeric_value_is_one_line(cub, tmp_path, override, line):
+def test_bad_numeric_value_is_one_line(cub, tmp_path, override, line, cli):
     proc = cli([*cub, override], tmp_path)
     assert proc.returncode == 2
     assert error_lines(proc) == [line] and "Traceback" not in proc.stderr
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
-def test_gpu_trainer_on_a_cpu_machine_is_one_line(cub, tmp_path):
+def test_gpu_trainer_on_a_cpu_machine_is_one_line(cub, tmp_path, cli):
     proc = cli([*cub, "trainer=gpu"], tmp_path)
     assert proc.returncode == 2
     assert error_lines(proc) == [
@@ -139,7 +152,7 @@ def test_gpu_trainer_on_a_cpu_machine_is_one_line(cub, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_missing_test_image_is_one_line_before_training(cub, tmp_path):
+def test_missing_test_image_is_one_line_before_training(cub, tmp_path, cli):
     image = sorted((tmp_path / "CUB_200_2011" / "images").rglob("*.jpg"))[-1]
     image.unlink()
     proc = cli(cub, tmp_path)

@@ -131,6 +131,7 @@ def test_datamodule_fixed_test_set_and_fresh_training_distortions(tmp_path):
     assert len(fp["index_sha256"]) == 64 and fp["distortion"] == "RTS"
 
 
+@pytest.mark.slow  # a fresh interpreter: 4 s of imports
 def test_test_set_identical_across_processes(tmp_path):
     root = write_digits(tmp_path / "d")
     code = (
