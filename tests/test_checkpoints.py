@@ -398,7 +398,7 @@ def test_a_disk_that_fills_up_in_the_test_phase_is_recorded_and_one_line(
     assert not list((disk / "run").glob(".*.tmp"))  # nothing half written is left
 
 
-def test_a_storage_failure_ends_the_command_in_one_line(tmp_path, monkeypatch, capsys):
+def test_a_storage_failure_ends_the_command_in_one_line(tmp_path, monkeypatch, stn_train):
     """The run records it (above); the command says it once, exit 1, not a traceback."""
     import errno
 
@@ -408,9 +408,7 @@ def test_a_storage_failure_ends_the_command_in_one_line(tmp_path, monkeypatch, c
         raise OSError(errno.ENOSPC, "No space left on device", "/x/predictions.csv")
 
     monkeypatch.setattr(entry, "train", full)
-    monkeypatch.setattr(sys, "argv", ["stn-train", f"hydra.run.dir={tmp_path}", "logger=none"])
-    with pytest.raises(SystemExit) as done:
-        entry.main()
-    assert done.value.code == 1
-    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    proc = stn_train([f"hydra.run.dir={tmp_path}", "logger=none"])
+    assert proc.returncode == 1
+    err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert err == ["error: /x/predictions.csv: No space left on device; the run's record says so"]
